@@ -1,0 +1,35 @@
+// Schemas of the native primitives behind resnet_fast's memory-bound ops, and the
+// module init that lets `import resnet_fast._C` load this library.
+//
+// These are building blocks, not the public op set: torch.ops.resnet_fast (defined in
+// resnet_fast/ops.py) owns the contracts, fake kernels and autograd; its native backend
+// calls these for the per-channel work around aten's convolution.
+//
+// Layout: every tensor argument of one call shares one memory format, either contiguous
+// NCHW or channels_last NHWC (the Python side normalizes this). Per-channel vectors
+// (scale, shift, statistics) are float32, or float64 when the activation is float64.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import resnet_fast._C` needs a PyInit symbol; the ops register themselves statically.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(resnet_fast_C, m) {
+  // Biased per-channel mean and variance of a 4-D activation (shifted sums, fp64 accumulation).
+  m.def("channel_stats(Tensor y) -> (Tensor mean, Tensor var)");
+  // out = act(x*scale + shift [+ residual | + residual*res_scale + res_shift]), act = ReLU or identity.
+  m.def(
+      "scale_shift_act(Tensor x, Tensor scale, Tensor shift, Tensor? residual, Tensor? res_scale, "
+      "Tensor? res_shift, bool relu) -> Tensor");
+  // Backward of scale_shift_act given its output `out`: g = grad_out * (out > 0 if relu),
+  // dx = g*scale, dscale = sum(g*x), dshift = sum(g), dres = g*res_scale (or g),
+  // dres_scale = sum(g*residual). Unrequested results are returned as empty tensors.
+  m.def(
+      "scale_shift_act_backward(Tensor grad_out, Tensor out, Tensor x, Tensor scale, Tensor? residual, "
+      "Tensor? res_scale, bool relu, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}

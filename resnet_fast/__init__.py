@@ -1,0 +1,30 @@
+"""resnet_fast: drop-in torchvision ResNets on fused conv-BatchNorm-ReLU ops.
+
+    import resnet_fast
+    model = resnet_fast.resnet50()            # same constructor and state_dict as torchvision's
+    resnet_fast.backend_info()                # which kernels serve the ops here
+"""
+
+from . import ops  # noqa: F401  (registers torch.ops.resnet_fast)
+from ._dispatch import backend_info
+from .builders import (
+    from_torchvision,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+    resnet152,
+    resnext50_32x4d,
+    resnext101_32x8d,
+    resnext101_64x4d,
+    wide_resnet50_2,
+    wide_resnet101_2,
+)
+from .resnet import BasicBlock, Bottleneck, ResNet
+
+__version__ = "0.1.0"
+__all__ = [
+    "ResNet", "BasicBlock", "Bottleneck", "backend_info", "from_torchvision", "resnet18", "resnet34", "resnet50",
+    "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
+    "wide_resnet101_2",
+]

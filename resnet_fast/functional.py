@@ -1,0 +1,118 @@
+"""Glue between torchvision-shaped modules and the resnet_fast ops.
+
+A conv -> BatchNorm -> [ReLU] unit runs in one of two ways, chosen per BatchNorm exactly as
+nn.BatchNorm2d chooses between batch and running statistics:
+  * batch statistics (training, or no running stats): conv_bn_stats + bn_finalize, and the result is
+    left *pending*: a `Pending(y, scale, shift, relu)` whose value act(y*scale + shift) is applied by
+    whoever consumes it (the next conv's prologue or the block end), never written on its own;
+  * running statistics (eval): BatchNorm folded into the conv (cached, refolded when any of the
+    tensors involved changes) and conv_bias_act with the residual and ReLU in its epilogue.
+Running-statistics updates are deferred: they are collected in a list during the forward pass and
+applied by `apply_updates` once it has succeeded, so an input that fails half way leaves every
+running_mean / running_var / num_batches_tracked untouched.
+"""
+
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from . import ops, reference
+
+_FOLD_ATTR = "_resnet_fast_folded"
+
+
+class Pending(NamedTuple):
+    """An activation act(y*scale + shift) not yet written; scale None means it is just y."""
+    y: Tensor
+    scale: Optional[Tensor] = None
+    shift: Optional[Tensor] = None
+    relu: bool = False
+
+
+class StatsUpdate(NamedTuple):
+    bn: nn.BatchNorm2d
+    mean: Tensor
+    var: Tensor
+    count: int
+
+
+def materialize(a: Pending) -> Tensor:
+    if a.scale is None:
+        return a.y
+    return ops.scale_shift_act(a.y, a.scale, a.shift, None, None, None, a.relu)
+
+
+def uses_batch_stats(bn: nn.BatchNorm2d) -> bool:
+    return bn.training or (bn.running_mean is None and bn.running_var is None)
+
+
+def is_fusable(conv: nn.Module, bn: nn.Module) -> bool:
+    """Only plain nn.Conv2d (no bias, zero padding) followed by a plain nn.BatchNorm2d fuse."""
+    return (type(conv) is nn.Conv2d and conv.bias is None and conv.padding_mode == "zeros"
+            and isinstance(conv.padding, tuple) and type(bn) is nn.BatchNorm2d)
+
+
+def _conv_args(conv: nn.Conv2d):
+    return list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups
+
+
+def folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, like: Tensor) -> Tuple[Tensor, Tensor]:
+    """conv's weight and bias with eval-mode bn folded in, for inputs like `like`.
+
+    Cached on the conv while nothing it depends on changes (data pointer and version counter of
+    every tensor involved); recomputed, differentiably, whenever autograd needs it."""
+    fmt = reference.memory_format_of(like)
+    tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors[:3])
+    if needs_grad or torch.compiler.is_compiling():
+        w, b = reference.fold_bn(conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+        return w.contiguous(memory_format=fmt), b
+    key = (tuple(None if t is None else (t.data_ptr(), t._version, t.device) for t in tensors), bn.eps, fmt)
+    cached = conv.__dict__.get(_FOLD_ATTR)
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    with torch.no_grad():
+        w, b = reference.fold_bn(conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+        w = w.contiguous(memory_format=fmt)
+    conv.__dict__[_FOLD_ATTR] = (key, w, b)
+    return w, b
+
+
+def clear_folded(module: nn.Module) -> None:
+    """Drops every cached folded weight under module (done on each train()/eval() switch)."""
+    for m in module.modules():
+        m.__dict__.pop(_FOLD_ATTR, None)
+
+
+def conv_bn(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, updates: List[StatsUpdate],
+            residual: Optional[Pending] = None) -> Pending:
+    """bn(conv(a)) [+ residual] [then ReLU]; the result may be pending (batch statistics).
+
+    With a residual, the block end: act(bn(conv(a)) + residual) is materialized in one pass."""
+    stride, padding, dilation, groups = _conv_args(conv)
+    if not uses_batch_stats(bn):
+        x = materialize(a)
+        w, b = folded(conv, bn, x)
+        res = materialize(residual) if residual is not None else None
+        return Pending(ops.conv_bias_act(x, w, b, res, relu, stride, padding, dilation, groups))
+    y, mean, var = ops.conv_bn_stats(a.y, a.scale, a.shift, a.relu, conv.weight, stride, padding, dilation, groups)
+    count = y.numel() // y.shape[1]
+    if count <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(y.shape)}")
+    if bn.training and bn.track_running_stats and bn.running_mean is not None:
+        updates.append(StatsUpdate(bn, mean.detach(), var.detach(), count))
+    scale, shift = ops.bn_finalize(mean, var, bn.weight, bn.bias, bn.eps)
+    if residual is None:
+        return Pending(y, scale, shift, relu)
+    if residual.scale is None:
+        return Pending(ops.scale_shift_act(y, scale, shift, residual.y, None, None, relu))
+    torch._check(not residual.relu, lambda: "a pending residual must not carry a ReLU")
+    return Pending(ops.scale_shift_act(y, scale, shift, residual.y, residual.scale, residual.shift, relu))
+
+
+def apply_updates(updates: List[StatsUpdate]) -> None:
+    for u in updates:
+        ops.update_running_stats(u.bn.running_mean, u.bn.running_var, u.bn.num_batches_tracked, u.mean, u.var,
+                                 u.count, u.bn.momentum)
+    updates.clear()
