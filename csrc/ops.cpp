@@ -22,14 +22,17 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(resnet_fast_C, m) {
   // Biased per-channel mean and variance of a 4-D activation (shifted sums, fp64 accumulation).
   m.def("channel_stats(Tensor y) -> (Tensor mean, Tensor var)");
-  // out = act(x*scale + shift [+ residual | + residual*res_scale + res_shift]), act = ReLU or identity.
+  // BatchNorm apply in centered form (no cancellation when |mean| >> std):
+  //   out = act((x - mean)*scale + bias [+ r]),  r = (residual - res_mean)*res_scale + res_bias ("dual BN")
+  //   or r = residual; act = ReLU or identity; a missing mean is 0.
   m.def(
-      "scale_shift_act(Tensor x, Tensor scale, Tensor shift, Tensor? residual, Tensor? res_scale, "
-      "Tensor? res_shift, bool relu) -> Tensor");
-  // Backward of scale_shift_act given its output `out`: g = grad_out * (out > 0 if relu),
-  // dx = g*scale, dscale = sum(g*x), dshift = sum(g), dres = g*res_scale (or g),
-  // dres_scale = sum(g*residual). Unrequested results are returned as empty tensors.
+      "bn_act(Tensor x, Tensor? mean, Tensor scale, Tensor bias, Tensor? residual, Tensor? res_mean, "
+      "Tensor? res_scale, Tensor? res_bias, bool relu) -> Tensor");
+  // Backward of bn_act given its output `out`: g = grad_out * (out > 0 if relu),
+  // dx = g*scale, dscale = sum(g*(x - mean)), dbias = sum(g), dres = g*res_scale (or g),
+  // dres_scale = sum(g*(residual - res_mean)). Unrequested results are returned as empty tensors.
   m.def(
-      "scale_shift_act_backward(Tensor grad_out, Tensor out, Tensor x, Tensor scale, Tensor? residual, "
-      "Tensor? res_scale, bool relu, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "bn_act_backward(Tensor grad_out, Tensor out, Tensor x, Tensor? mean, Tensor scale, Tensor? residual, "
+      "Tensor? res_mean, Tensor? res_scale, bool relu, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)");
 }

@@ -81,8 +81,8 @@ def kernel(op: str, like: torch.Tensor) -> Callable:
 def backend_info() -> Dict[str, object]:
     """Which backend serves each op, per device type, and whether the native extension loaded."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    ops = ["conv_bn_stats", "conv_bn_stats_backward", "bn_finalize", "update_running_stats", "scale_shift_act",
-           "scale_shift_act_backward", "conv_bias_act", "conv_bias_act_backward"]
+    ops = ["conv_bn_stats", "conv_bn_stats_backward", "bn_finalize", "update_running_stats", "bn_act",
+           "bn_act_backward", "conv_bias_act", "conv_bias_act_backward"]
     info: Dict[str, object] = {"native_extension": _NATIVE_ERROR or "loaded",
                                "native_cuda_kernels": _native_supports("cuda")}
     for dev in devices:

@@ -3,8 +3,8 @@
 A conv -> BatchNorm -> [ReLU] unit runs in one of two ways, chosen per BatchNorm exactly as
 nn.BatchNorm2d chooses between batch and running statistics:
   * batch statistics (training, or no running stats): conv_bn_stats + bn_finalize, and the result is
-    left *pending*: a `Pending(y, scale, shift, relu)` whose value act(y*scale + shift) is applied by
-    whoever consumes it (the next conv's prologue or the block end), never written on its own;
+    left *pending*: a `Pending(y, mean, scale, bias, relu)` whose value act((y - mean)*scale + bias) is
+    applied by whoever consumes it (the next conv's prologue or the block end), never written alone;
   * running statistics (eval): BatchNorm folded into the conv (cached, refolded when any of the
     tensors involved changes) and conv_bias_act with the residual and ReLU in its epilogue.
 Running-statistics updates are deferred: they are collected in a list during the forward pass and
@@ -23,10 +23,11 @@ _FOLD_ATTR = "_resnet_fast_folded"
 
 
 class Pending(NamedTuple):
-    """An activation act(y*scale + shift) not yet written; scale None means it is just y."""
+    """An activation act((y - mean)*scale + bias) not yet written; scale None means it is just y."""
     y: Tensor
+    mean: Optional[Tensor] = None
     scale: Optional[Tensor] = None
-    shift: Optional[Tensor] = None
+    bias: Optional[Tensor] = None
     relu: bool = False
 
 
@@ -40,7 +41,7 @@ class StatsUpdate(NamedTuple):
 def materialize(a: Pending) -> Tensor:
     if a.scale is None:
         return a.y
-    return ops.scale_shift_act(a.y, a.scale, a.shift, None, None, None, a.relu)
+    return ops.bn_act(a.y, a.mean, a.scale, a.bias, None, None, None, None, a.relu)
 
 
 def uses_batch_stats(bn: nn.BatchNorm2d) -> bool:
@@ -96,19 +97,21 @@ def conv_bn(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, updates
         w, b = folded(conv, bn, x)
         res = materialize(residual) if residual is not None else None
         return Pending(ops.conv_bias_act(x, w, b, res, relu, stride, padding, dilation, groups))
-    y, mean, var = ops.conv_bn_stats(a.y, a.scale, a.shift, a.relu, conv.weight, stride, padding, dilation, groups)
+    y, mean, var = ops.conv_bn_stats(a.y, a.mean, a.scale, a.bias, a.relu, conv.weight, stride, padding, dilation,
+                                     groups)
     count = y.numel() // y.shape[1]
     if count <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(y.shape)}")
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
         updates.append(StatsUpdate(bn, mean.detach(), var.detach(), count))
-    scale, shift = ops.bn_finalize(mean, var, bn.weight, bn.bias, bn.eps)
+    scale = ops.bn_finalize(var, bn.weight, bn.eps)
+    bias = bn.bias.to(scale.dtype) if bn.bias is not None else torch.zeros_like(scale)
     if residual is None:
-        return Pending(y, scale, shift, relu)
+        return Pending(y, mean, scale, bias, relu)
     if residual.scale is None:
-        return Pending(ops.scale_shift_act(y, scale, shift, residual.y, None, None, relu))
+        return Pending(ops.bn_act(y, mean, scale, bias, residual.y, None, None, None, relu))
     torch._check(not residual.relu, lambda: "a pending residual must not carry a ReLU")
-    return Pending(ops.scale_shift_act(y, scale, shift, residual.y, residual.scale, residual.shift, relu))
+    return Pending(ops.bn_act(y, mean, scale, bias, residual.y, residual.mean, residual.scale, residual.bias, relu))
 
 
 def apply_updates(updates: List[StatsUpdate]) -> None:

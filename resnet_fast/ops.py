@@ -2,15 +2,15 @@
 
 The op set follows the fusion plan (shared DESIGN.md): a conv -> BatchNorm -> ReLU unit in
 training mode is
-    y, mean, var = conv_bn_stats(x, prev_scale, prev_shift, prev_relu, W)   # conv + statistics epilogue
-    scale, shift = bn_finalize(mean, var, gamma, beta, eps)                  # per-channel, tiny
+    y, mean, var = conv_bn_stats(x, prev_mean, prev_scale, prev_bias, prev_relu, W)  # conv + stats epilogue
+    scale = bn_finalize(var, gamma, eps)                                              # per-channel, tiny
     update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, count, momentum)
-and the normalized activation act(y*scale + shift) is never written: the next conv_bn_stats applies
-it to its operand as a prologue, or the block end applies it once with the residual:
-    out = scale_shift_act(y3, s3, t3, residual, [res_scale, res_shift], relu=True)   # dual BN
+and the normalized activation act((y - mean)*scale + beta) is never written: the next conv_bn_stats
+applies it to its operand as a prologue, or the block end applies it once with the residual:
+    out = bn_act(y3, m3, s3, b3, residual, [res_mean, res_scale, res_bias], relu=True)   # dual BN
 In eval mode BatchNorm is folded into the conv (reference.fold_bn) and a conv runs as
     out = conv_bias_act(x, W', b', residual, relu).
-Backward pieces (conv_bn_stats_backward, scale_shift_act_backward, conv_bias_act_backward) are ops
+Backward pieces (conv_bn_stats_backward, bn_act_backward, conv_bias_act_backward) are ops
 too, so a backend can fuse them; gradients that autograd does not need are not computed.
 Which kernel serves an op on which device is decided in resnet_fast/_dispatch.py only.
 """
@@ -25,7 +25,7 @@ from .reference import memory_format_of, stat_dtype
 
 __all__ = [
     "conv_bn_stats", "conv_bn_stats_backward", "bn_finalize", "update_running_stats",
-    "scale_shift_act", "scale_shift_act_backward", "conv_bias_act", "conv_bias_act_backward",
+    "bn_act", "bn_act_backward", "conv_bias_act", "conv_bias_act_backward",
 ]
 
 
@@ -80,10 +80,6 @@ def _empty_act(like: Tensor, shape: Sequence[int]) -> Tensor:
     return like.new_empty(shape).contiguous(memory_format=memory_format_of(like))
 
 
-def _no_grad_tensor(like: Tensor) -> Tensor:
-    return like.new_empty(0)
-
-
 def _grads(results: Sequence[Tensor], needs: Sequence[bool]) -> List[Optional[Tensor]]:
     return [r if n else None for r, n in zip(results, needs)]
 
@@ -92,115 +88,112 @@ def _grads(results: Sequence[Tensor], needs: Sequence[bool]) -> List[Optional[Te
 # conv_bn_stats
 
 @torch.library.custom_op("resnet_fast::conv_bn_stats", mutates_args=())
-def conv_bn_stats(x: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor], in_relu: bool,
-                  weight: Tensor, stride: List[int], padding: List[int], dilation: List[int],
+def conv_bn_stats(x: Tensor, in_mean: Optional[Tensor], in_scale: Optional[Tensor], in_bias: Optional[Tensor],
+                  in_relu: bool, weight: Tensor, stride: List[int], padding: List[int], dilation: List[int],
                   groups: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """y = conv(act(x*in_scale + in_shift) or x, weight); returns (y, mean(y), biased var(y)) per channel."""
-    _check_conv_bn_stats(x, in_scale, in_shift, weight, stride, padding, dilation, groups)
-    return _dispatch.kernel("conv_bn_stats", x)(x, in_scale, in_shift, in_relu, weight, stride, padding,
+    """y = conv(prologue(x), weight), prologue(x) = act((x - in_mean)*in_scale + in_bias) or x;
+    returns (y, mean(y), biased var(y)) per channel."""
+    _check_conv_bn_stats(x, in_mean, in_scale, in_bias, weight, stride, padding, dilation, groups)
+    return _dispatch.kernel("conv_bn_stats", x)(x, in_mean, in_scale, in_bias, in_relu, weight, stride, padding,
                                                 dilation, groups)
 
 
-def _check_conv_bn_stats(x, in_scale, in_shift, weight, stride, padding, dilation, groups):
+def _check_conv_bn_stats(x, in_mean, in_scale, in_bias, weight, stride, padding, dilation, groups):
     shape = _check_conv(x, weight, stride, padding, dilation, groups)
-    torch._check((in_scale is None) == (in_shift is None), lambda: "in_scale and in_shift must be given together")
-    _check_vec(in_scale, x.shape[1], x, "in_scale")
-    _check_vec(in_shift, x.shape[1], x, "in_shift")
+    torch._check((in_scale is None) == (in_bias is None), lambda: "in_scale and in_bias must be given together")
+    torch._check(in_mean is None or in_scale is not None, lambda: "in_mean needs in_scale")
+    for v, name in ((in_mean, "in_mean"), (in_scale, "in_scale"), (in_bias, "in_bias")):
+        _check_vec(v, x.shape[1], x, name)
     return shape
 
 
 @conv_bn_stats.register_fake
-def _(x, in_scale, in_shift, in_relu, weight, stride, padding, dilation, groups):
-    shape = _check_conv_bn_stats(x, in_scale, in_shift, weight, stride, padding, dilation, groups)
+def _(x, in_mean, in_scale, in_bias, in_relu, weight, stride, padding, dilation, groups):
+    shape = _check_conv_bn_stats(x, in_mean, in_scale, in_bias, weight, stride, padding, dilation, groups)
     sdt = stat_dtype(x.dtype)
     return _empty_act(x, shape), x.new_empty(shape[1], dtype=sdt), x.new_empty(shape[1], dtype=sdt)
 
 
 def _conv_bn_stats_setup(ctx, inputs, output):
-    x, in_scale, in_shift, in_relu, weight, stride, padding, dilation, groups = inputs
+    x, in_mean, in_scale, in_bias, in_relu, weight, stride, padding, dilation, groups = inputs
     y, mean, _ = output
-    ctx.save_for_backward(x, in_scale, in_shift, weight, y, mean)
+    ctx.save_for_backward(x, in_mean, in_scale, in_bias, weight, y, mean)
     ctx.conv_args = (in_relu, stride, padding, dilation, groups)
 
 
 def _conv_bn_stats_bwd(ctx, grad_y, grad_mean, grad_var):
-    x, in_scale, in_shift, weight, y, mean = ctx.saved_tensors
+    x, in_mean, in_scale, in_bias, weight, y, mean = ctx.saved_tensors
     in_relu, stride, padding, dilation, groups = ctx.conv_args
-    needs = [ctx.needs_input_grad[i] for i in (0, 1, 2, 4)]
-    dx, dscale, dshift, dw = conv_bn_stats_backward(grad_y, grad_mean, grad_var, x, in_scale, in_shift, in_relu,
-                                                    weight, y, mean, stride, padding, dilation, groups, needs)
-    dx, dscale, dshift, dw = _grads([dx, dscale, dshift, dw], needs)
-    return dx, dscale, dshift, None, dw, None, None, None, None
+    needs = [ctx.needs_input_grad[i] for i in (0, 1, 2, 3, 5)]
+    grads = conv_bn_stats_backward(grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias, in_relu, weight, y,
+                                   mean, stride, padding, dilation, groups, needs)
+    dx, dmean, dscale, dbias, dw = _grads(grads, needs)
+    return dx, dmean, dscale, dbias, None, dw, None, None, None, None
 
 
 conv_bn_stats.register_autograd(_conv_bn_stats_bwd, setup_context=_conv_bn_stats_setup)
 
 
 @torch.library.custom_op("resnet_fast::conv_bn_stats_backward", mutates_args=())
-def conv_bn_stats_backward(grad_y: Tensor, grad_mean: Tensor, grad_var: Tensor, x: Tensor,
-                           in_scale: Optional[Tensor], in_shift: Optional[Tensor], in_relu: bool, weight: Tensor,
+def conv_bn_stats_backward(grad_y: Tensor, grad_mean: Tensor, grad_var: Tensor, x: Tensor, in_mean: Optional[Tensor],
+                           in_scale: Optional[Tensor], in_bias: Optional[Tensor], in_relu: bool, weight: Tensor,
                            y: Tensor, mean: Tensor, stride: List[int], padding: List[int], dilation: List[int],
-                           groups: int, output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients (x, in_scale, in_shift, weight) of conv_bn_stats; unrequested ones are empty tensors.
+                           groups: int, output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (x, in_mean, in_scale, in_bias, weight) of conv_bn_stats; unrequested ones are empty.
 
     dL/dy = grad_y + grad_mean/M + grad_var * 2(y - mean)/M  with M = N*H*W of y, then conv
-    backward, then the prologue's backward (recomputing act(x*in_scale + in_shift) from x)."""
-    return _dispatch.kernel("conv_bn_stats_backward", x)(grad_y, grad_mean, grad_var, x, in_scale, in_shift,
+    backward, then the prologue's backward (recomputing the prologue from x)."""
+    return _dispatch.kernel("conv_bn_stats_backward", x)(grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias,
                                                          in_relu, weight, y, mean, stride, padding, dilation,
                                                          groups, output_mask)
 
 
 @conv_bn_stats_backward.register_fake
-def _(grad_y, grad_mean, grad_var, x, in_scale, in_shift, in_relu, weight, y, mean, stride, padding, dilation,
-      groups, output_mask):
-    return (_empty_act(x, x.shape) if output_mask[0] else _no_grad_tensor(x),
-            torch.empty_like(in_scale) if output_mask[1] else _no_grad_tensor(x),
-            torch.empty_like(in_shift) if output_mask[2] else _no_grad_tensor(x),
-            torch.empty_like(weight) if output_mask[3] else _no_grad_tensor(x))
+def _(grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias, in_relu, weight, y, mean, stride, padding,
+      dilation, groups, output_mask):
+    return _fake_grads([x, in_mean, in_scale, in_bias, weight], output_mask)
+
+
+def _fake_grads(likes, output_mask):
+    return tuple((_empty_act(t, t.shape) if t.dim() == 4 else torch.empty_like(t)) if m and t is not None
+                 else likes[0].new_empty(0) for t, m in zip(likes, output_mask))
 
 
 # ---------------------------------------------------------------------------------------------
-# bn_finalize: (mean, var, gamma, beta) -> (scale, shift)
+# bn_finalize: var, gamma -> scale
 
 @torch.library.custom_op("resnet_fast::bn_finalize", mutates_args=())
-def bn_finalize(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                eps: float) -> Tuple[Tensor, Tensor]:
-    """scale = weight / sqrt(var + eps), shift = bias - mean * scale (weight 1 and bias 0 when None)."""
-    _check_finalize(mean, var, weight, bias)
-    scale, shift = _dispatch.kernel("bn_finalize", mean)(mean, var, weight, bias, eps)
-    return scale, shift
+def bn_finalize(var: Tensor, weight: Optional[Tensor], eps: float) -> Tensor:
+    """scale = weight / sqrt(var + eps) (weight 1 when None): the BatchNorm's per-channel multiplier."""
+    _check_finalize(var, weight)
+    return _dispatch.kernel("bn_finalize", var)(var, weight, eps)
 
 
-def _check_finalize(mean, var, weight, bias):
-    torch._check(mean.dim() == 1 and var.shape == mean.shape, lambda: "mean and var must be 1-D of equal size")
-    _check_vec(weight, mean.shape[0], mean, "BatchNorm weight")
-    _check_vec(bias, mean.shape[0], mean, "BatchNorm bias")
+def _check_finalize(var, weight):
+    torch._check(var.dim() == 1, lambda: f"var must be 1-D, got shape {tuple(var.shape)}")
+    _check_vec(weight, var.shape[0], var, "BatchNorm weight")
 
 
 @bn_finalize.register_fake
-def _(mean, var, weight, bias, eps):
-    _check_finalize(mean, var, weight, bias)
-    return torch.empty_like(mean), torch.empty_like(mean)
+def _(var, weight, eps):
+    _check_finalize(var, weight)
+    return torch.empty_like(var)
 
 
 def _bn_finalize_setup(ctx, inputs, output):
-    mean, var, weight, bias, eps = inputs
-    ctx.save_for_backward(mean, var, weight, output[0])
+    var, weight, eps = inputs
+    ctx.save_for_backward(var, weight)
     ctx.eps = eps
-    ctx.has_bias = bias is not None
 
 
-def _bn_finalize_bwd(ctx, grad_scale, grad_shift):
-    # invstd = (var+eps)^-1/2, scale = w*invstd, shift = b - mean*scale: per-channel, plain torch.
-    mean, var, weight, scale = ctx.saved_tensors
+def _bn_finalize_bwd(ctx, grad_scale):
+    # scale = w * (var + eps)^-1/2: per-channel, plain torch.
+    var, weight = ctx.saved_tensors
     invstd = torch.rsqrt(var + ctx.eps)
-    g_scale = grad_scale - grad_shift * mean
-    g_invstd = g_scale * weight.to(var.dtype) if weight is not None else g_scale
-    d_mean = -grad_shift * scale
+    g_invstd = grad_scale * weight.to(var.dtype) if weight is not None else grad_scale
     d_var = g_invstd * (-0.5) * invstd * invstd * invstd
-    d_w = (g_scale * invstd).to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
-    d_b = grad_shift.to(var.dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
-    return d_mean, d_var, d_w, d_b, None
+    d_w = (grad_scale * invstd).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+    return d_var, d_w, None
 
 
 bn_finalize.register_autograd(_bn_finalize_bwd, setup_context=_bn_finalize_setup)
@@ -235,68 +228,68 @@ def _(running_mean, running_var, num_batches_tracked, mean, var, count, momentum
 
 
 # ---------------------------------------------------------------------------------------------
-# scale_shift_act: the BatchNorm apply / block end
+# bn_act: the BatchNorm apply / block end
 
-@torch.library.custom_op("resnet_fast::scale_shift_act", mutates_args=())
-def scale_shift_act(x: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor],
-                    res_scale: Optional[Tensor], res_shift: Optional[Tensor], relu: bool) -> Tensor:
-    """act(x*scale + shift + r) with r = residual*res_scale + res_shift (dual BN), residual, or 0."""
-    _check_ssa(x, scale, shift, residual, res_scale, res_shift)
-    return _dispatch.kernel("scale_shift_act", x)(x, scale, shift, residual, res_scale, res_shift, relu)
+@torch.library.custom_op("resnet_fast::bn_act", mutates_args=())
+def bn_act(x: Tensor, mean: Optional[Tensor], scale: Tensor, bias: Tensor, residual: Optional[Tensor],
+           res_mean: Optional[Tensor], res_scale: Optional[Tensor], res_bias: Optional[Tensor],
+           relu: bool) -> Tensor:
+    """act((x - mean)*scale + bias + r), r = (residual - res_mean)*res_scale + res_bias (dual BN),
+    residual, or 0; a mean of None is 0."""
+    _check_bn_act(x, mean, scale, bias, residual, res_mean, res_scale, res_bias)
+    return _dispatch.kernel("bn_act", x)(x, mean, scale, bias, residual, res_mean, res_scale, res_bias, relu)
 
 
-def _check_ssa(x, scale, shift, residual, res_scale, res_shift):
+def _check_bn_act(x, mean, scale, bias, residual, res_mean, res_scale, res_bias):
     _check_act(x, "input")
-    _check_vec(scale, x.shape[1], x, "scale")
-    _check_vec(shift, x.shape[1], x, "shift")
     _check_like(residual, x, "residual", "the input")
-    torch._check((res_scale is None) == (res_shift is None), lambda: "res_scale and res_shift go together")
+    torch._check((res_scale is None) == (res_bias is None), lambda: "res_scale and res_bias go together")
     torch._check(res_scale is None or residual is not None, lambda: "res_scale needs a residual")
-    _check_vec(res_scale, x.shape[1], x, "res_scale")
-    _check_vec(res_shift, x.shape[1], x, "res_shift")
+    torch._check(res_mean is None or res_scale is not None, lambda: "res_mean needs res_scale")
+    for v, name in ((mean, "mean"), (scale, "scale"), (bias, "bias"), (res_mean, "res_mean"),
+                    (res_scale, "res_scale"), (res_bias, "res_bias")):
+        _check_vec(v, x.shape[1], x, name)
 
 
-@scale_shift_act.register_fake
-def _(x, scale, shift, residual, res_scale, res_shift, relu):
-    _check_ssa(x, scale, shift, residual, res_scale, res_shift)
+@bn_act.register_fake
+def _(x, mean, scale, bias, residual, res_mean, res_scale, res_bias, relu):
+    _check_bn_act(x, mean, scale, bias, residual, res_mean, res_scale, res_bias)
     return _empty_act(x, x.shape)
 
 
-def _ssa_setup(ctx, inputs, output):
-    x, scale, shift, residual, res_scale, res_shift, relu = inputs
-    ctx.save_for_backward(output, x, scale, shift, residual, res_scale, res_shift)
+def _bn_act_setup(ctx, inputs, output):
+    *tensors, relu = inputs
+    ctx.save_for_backward(output, *tensors)
     ctx.relu = relu
 
 
-def _ssa_bwd(ctx, grad_out):
-    out, x, scale, shift, residual, res_scale, res_shift = ctx.saved_tensors
-    needs = list(ctx.needs_input_grad[:6])
-    grads = scale_shift_act_backward(grad_out, out, x, scale, shift, residual, res_scale, res_shift, ctx.relu,
-                                     needs)
+def _bn_act_bwd(ctx, grad_out):
+    out, *tensors = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:8])
+    grads = bn_act_backward(grad_out, out, *tensors, ctx.relu, needs)
     return (*_grads(grads, needs), None)
 
 
-scale_shift_act.register_autograd(_ssa_bwd, setup_context=_ssa_setup)
+bn_act.register_autograd(_bn_act_bwd, setup_context=_bn_act_setup)
 
 
-@torch.library.custom_op("resnet_fast::scale_shift_act_backward", mutates_args=())
-def scale_shift_act_backward(grad_out: Tensor, out: Tensor, x: Tensor, scale: Tensor, shift: Tensor,
-                             residual: Optional[Tensor], res_scale: Optional[Tensor], res_shift: Optional[Tensor],
-                             relu: bool, output_mask: List[bool]
-                             ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients (x, scale, shift, residual, res_scale, res_shift) of scale_shift_act, given its output.
+@torch.library.custom_op("resnet_fast::bn_act_backward", mutates_args=())
+def bn_act_backward(grad_out: Tensor, out: Tensor, x: Tensor, mean: Optional[Tensor], scale: Tensor, bias: Tensor,
+                    residual: Optional[Tensor], res_mean: Optional[Tensor], res_scale: Optional[Tensor],
+                    res_bias: Optional[Tensor], relu: bool, output_mask: List[bool]
+                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (x, mean, scale, bias, residual, res_mean, res_scale, res_bias) of bn_act, given its output.
 
-    g = grad_out * (out > 0 when relu); dx = g*scale; dscale = sum g*x; dshift = sum g;
-    dresidual = g*res_scale (or g); dres_scale = sum g*residual; dres_shift = sum g."""
-    return _dispatch.kernel("scale_shift_act_backward", x)(grad_out, out, x, scale, shift, residual, res_scale,
-                                                           res_shift, relu, output_mask)
+    g = grad_out * (out > 0 when relu); dx = g*scale; dmean = -scale*sum g; dscale = sum g*(x - mean);
+    dbias = sum g; dresidual = g*res_scale (or g); dres_mean = -res_scale*sum g;
+    dres_scale = sum g*(residual - res_mean); dres_bias = sum g."""
+    return _dispatch.kernel("bn_act_backward", x)(grad_out, out, x, mean, scale, bias, residual, res_mean, res_scale,
+                                                  res_bias, relu, output_mask)
 
 
-@scale_shift_act_backward.register_fake
-def _(grad_out, out, x, scale, shift, residual, res_scale, res_shift, relu, output_mask):
-    likes = [x, scale, shift, residual, res_scale, res_shift]
-    return tuple((_empty_act(t, t.shape) if t.dim() == 4 else torch.empty_like(t)) if m else _no_grad_tensor(x)
-                 for t, m in zip(likes, output_mask))
+@bn_act_backward.register_fake
+def _(grad_out, out, x, mean, scale, bias, residual, res_mean, res_scale, res_bias, relu, output_mask):
+    return _fake_grads([x, mean, scale, bias, residual, res_mean, res_scale, res_bias], output_mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,6 +350,4 @@ def conv_bias_act_backward(grad_out: Tensor, out: Tensor, x: Tensor, weight: Ten
 
 @conv_bias_act_backward.register_fake
 def _(grad_out, out, x, weight, bias, residual, relu, stride, padding, dilation, groups, output_mask):
-    likes = [x, weight, bias, residual]
-    return tuple((_empty_act(t, t.shape) if t.dim() == 4 else torch.empty_like(t)) if m else _no_grad_tensor(x)
-                 for t, m in zip(likes, output_mask))
+    return _fake_grads([x, weight, bias, residual], output_mask)

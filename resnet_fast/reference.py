@@ -5,8 +5,9 @@ Conventions shared by all ops (and by every backend):
   * activations are 4-D (N, C, H, W), contiguous or channels_last; outputs keep the input's
     memory format (see `memory_format_of`);
   * per-channel vectors (statistics, scale, shift) are float32, or float64 for float64 activations;
-  * a BatchNorm with batch statistics (mean, biased var) and affine (weight, bias) is the per-channel
-    affine map y -> y*scale + shift with scale = weight/sqrt(var+eps), shift = bias - mean*scale.
+  * a BatchNorm with batch statistics (mean, biased var) and affine (weight, bias) is applied in
+    centered form, y -> (y - mean)*scale + bias with scale = weight/sqrt(var+eps) (bn_finalize):
+    unlike y*scale + (bias - mean*scale) it does not cancel when |mean| >> std, in forward or backward.
 Backward references are the vector-Jacobian products of the forward references (torch.func.vjp),
 so they are right by construction.
 """
@@ -40,14 +41,18 @@ def channel_stats(y: Tensor) -> Tuple[Tensor, Tensor]:
     return mean, var
 
 
-def scale_shift_act(x: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor] = None,
-                    res_scale: Optional[Tensor] = None, res_shift: Optional[Tensor] = None,
-                    relu: bool = True) -> Tensor:
-    """act(x*scale + shift + r), r = residual*res_scale + res_shift ("dual BN"), residual, or 0."""
-    out = x.to(scale.dtype) * _c(scale) + _c(shift)
+def bn_act(x: Tensor, mean: Optional[Tensor], scale: Tensor, bias: Tensor, residual: Optional[Tensor] = None,
+           res_mean: Optional[Tensor] = None, res_scale: Optional[Tensor] = None, res_bias: Optional[Tensor] = None,
+           relu: bool = True) -> Tensor:
+    """act((x - mean)*scale + bias + r) with r = (residual - res_mean)*res_scale + res_bias ("dual BN"),
+    residual, or 0. A mean of None is 0."""
+    xf = x.to(scale.dtype)
+    out = (xf - _c(mean) if mean is not None else xf) * _c(scale) + _c(bias)
     if residual is not None:
         r = residual.to(scale.dtype)
-        out = out + (r * _c(res_scale) + _c(res_shift) if res_scale is not None else r)
+        if res_scale is not None:
+            r = (r - _c(res_mean) if res_mean is not None else r) * _c(res_scale) + _c(res_bias)
+        out = out + r
     if relu:
         out = torch.relu(out)
     return out.to(x.dtype).contiguous(memory_format=memory_format_of(x))
@@ -59,30 +64,24 @@ def conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int
     return y.contiguous(memory_format=memory_format_of(x))
 
 
-def conv_bn_stats(x: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor], in_relu: bool,
-                  weight: Tensor, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-                  groups: int) -> Tuple[Tensor, Tensor, Tensor]:
+def conv_bn_stats(x: Tensor, in_mean: Optional[Tensor], in_scale: Optional[Tensor], in_bias: Optional[Tensor],
+                  in_relu: bool, weight: Tensor, stride: Sequence[int], padding: Sequence[int],
+                  dilation: Sequence[int], groups: int) -> Tuple[Tensor, Tensor, Tensor]:
     """y = conv(prologue(x)), with per-channel mean and biased var of y.
 
-    prologue(x) = act(x*in_scale + in_shift) when in_scale is given (the previous BatchNorm+ReLU,
-    applied as the operand is loaded), else x. Zero padding applies to prologue(x), not to x.
-    """
+    prologue(x) = act((x - in_mean)*in_scale + in_bias) when in_scale is given (the previous
+    BatchNorm+ReLU, applied as the operand is loaded), else x. Zero padding applies to prologue(x)."""
     if in_scale is not None:
-        x = scale_shift_act(x, in_scale, in_shift, relu=in_relu)
+        x = bn_act(x, in_mean, in_scale, in_bias, relu=in_relu)
     y = conv(x, weight, None, stride, padding, dilation, groups)
     mean, var = channel_stats(y)
     return y, mean, var
 
 
-def bn_finalize(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                eps: float) -> Tuple[Tensor, Tensor]:
-    """scale = weight * rsqrt(var + eps), shift = bias - mean * scale (weight=1, bias=0 if not affine)."""
+def bn_finalize(var: Tensor, weight: Optional[Tensor], eps: float) -> Tensor:
+    """scale = weight / sqrt(var + eps) (weight 1 when the BatchNorm is not affine)."""
     invstd = torch.rsqrt(var + eps)
-    scale = invstd * weight.to(var.dtype) if weight is not None else invstd
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias.to(var.dtype)
-    return scale, shift
+    return invstd * weight.to(var.dtype) if weight is not None else invstd
 
 
 def update_running_stats(running_mean: Tensor, running_var: Tensor, num_batches_tracked: Optional[Tensor],
@@ -108,10 +107,12 @@ def fold_bn(conv_weight: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[
             running_var: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
     """Eval-mode BatchNorm folded into the preceding conv (computed in float64, returned in the
     conv weight's dtype): W' = W * gamma/sqrt(rv + eps) per output channel, b' = beta - rm * that."""
-    scale, shift = bn_finalize(running_mean.to(torch.float64), running_var.to(torch.float64),
-                               None if bn_weight is None else bn_weight.to(torch.float64),
-                               None if bn_bias is None else bn_bias.to(torch.float64), eps)
-    w = (conv_weight.to(torch.float64) * scale.view(-1, 1, 1, 1)).to(conv_weight.dtype)
+    f64 = torch.float64
+    scale = bn_finalize(running_var.to(f64), None if bn_weight is None else bn_weight.to(f64), eps)
+    shift = -running_mean.to(f64) * scale
+    if bn_bias is not None:
+        shift = shift + bn_bias.to(f64)
+    w = (conv_weight.to(f64) * scale.view(-1, 1, 1, 1)).to(conv_weight.dtype)
     return w, shift.to(conv_weight.dtype)
 
 
@@ -126,53 +127,87 @@ def conv_bias_act(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: O
     return out.contiguous(memory_format=memory_format_of(x))
 
 
-def _vjp(fn, primals: List[Optional[Tensor]], cotangents, output_mask: Sequence[bool]) -> List[Tensor]:
-    """Gradients of fn(*primals) for the primals flagged in output_mask (others: empty tensors)."""
-    idx = [i for i, (p, m) in enumerate(zip(primals, output_mask)) if m and p is not None]
-    out = [primals[0].new_empty(0) for _ in output_mask]
-    if not idx:
-        return out
+def _sum(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t.sum(dim=(0, 2, 3), dtype=dtype)
 
-    def partial(*args):
-        full = list(primals)
-        for i, a in zip(idx, args):
-            full[i] = a
-        return fn(*full)
 
-    with torch.enable_grad():
-        _, vjp_fn = torch.func.vjp(partial, *[primals[i] for i in idx])
-        grads = vjp_fn(cotangents)
-    for i, g in zip(idx, grads):
-        out[i] = g.contiguous(memory_format=memory_format_of(primals[i]))
-    return out
+def conv_backward(dy: Tensor, x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int],
+                  dilation: Sequence[int], groups: int, need_x: bool, need_w: bool) -> Tuple[Tensor, Tensor]:
+    dx, dw, _ = torch.ops.aten.convolution_backward(dy, x, weight, None, list(stride), list(padding),
+                                                    list(dilation), False, [0, 0], groups, [need_x, need_w, False])
+    dx = dx.contiguous(memory_format=memory_format_of(x)) if need_x else x.new_empty(0)
+    dw = dw.contiguous(memory_format=memory_format_of(weight)) if need_w else x.new_empty(0)
+    return dx, dw
+
+
+def bn_act_backward(grad_out: Tensor, out: Tensor, x: Tensor, mean: Optional[Tensor], scale: Tensor, bias: Tensor,
+                    residual: Optional[Tensor], res_mean: Optional[Tensor], res_scale: Optional[Tensor],
+                    res_bias: Optional[Tensor], relu: bool, output_mask: Sequence[bool]) -> List[Tensor]:
+    """Gradients (x, mean, scale, bias, residual, res_mean, res_scale, res_bias) of bn_act, given its output:
+    g = grad_out * (out > 0 when relu); dx = g*scale; dscale = sum g*(x - mean); dbias = sum g;
+    dmean = -scale * sum g; the residual's likewise with res_scale (or g itself without it)."""
+    sdt = scale.dtype
+    g = grad_out.to(sdt)
+    if relu:
+        g = torch.where(out > 0, g, torch.zeros((), dtype=sdt, device=g.device))
+    total = _sum(g, sdt)
+    fmt = memory_format_of(x)
+
+    def centered(t, m):
+        t = t.to(sdt)
+        return t - _c(m) if m is not None else t
+
+    def empty():
+        return x.new_empty(0)
+
+    want = list(output_mask)
+    dres = None
+    if want[4]:
+        dres = (g * _c(res_scale) if res_scale is not None else g).to(x.dtype).contiguous(memory_format=fmt)
+        if dres is grad_out:
+            dres = dres.clone()  # an op's output may not alias its input
+    return [
+        (g * _c(scale)).to(x.dtype).contiguous(memory_format=fmt) if want[0] else empty(),
+        -scale * total if want[1] and mean is not None else empty(),
+        _sum(g * centered(x, mean), sdt) if want[2] else empty(),
+        total.clone() if want[3] else empty(),
+        dres if want[4] else empty(),
+        -res_scale * total if want[5] and res_mean is not None else empty(),
+        _sum(g * centered(residual, res_mean), sdt) if want[6] and res_scale is not None else empty(),
+        total.clone() if want[7] and res_bias is not None else empty(),
+    ]
 
 
 def conv_bn_stats_backward(grad_y: Tensor, grad_mean: Tensor, grad_var: Tensor, x: Tensor,
-                           in_scale: Optional[Tensor], in_shift: Optional[Tensor], in_relu: bool, weight: Tensor,
-                           y: Tensor, mean: Tensor, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
+                           in_mean: Optional[Tensor], in_scale: Optional[Tensor], in_bias: Optional[Tensor],
+                           in_relu: bool, weight: Tensor, y: Tensor, mean: Tensor, stride: Sequence[int],
+                           padding: Sequence[int], dilation: Sequence[int], groups: int,
                            output_mask: Sequence[bool]) -> List[Tensor]:
-    """Gradients (x, in_scale, in_shift, weight) of conv_bn_stats (y and mean are recomputed)."""
-    def fn(x_, s_, t_, w_):
-        return conv_bn_stats(x_, s_, t_, in_relu, w_, stride, padding, dilation, groups)
-
-    return _vjp(fn, [x, in_scale, in_shift, weight], (grad_y, grad_mean, grad_var), output_mask)
-
-
-def scale_shift_act_backward(grad_out: Tensor, out: Tensor, x: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor],
-                             res_scale: Optional[Tensor], res_shift: Optional[Tensor], relu: bool,
-                             output_mask: Sequence[bool]) -> List[Tensor]:
-    """Gradients (x, scale, shift, residual, res_scale, res_shift) of scale_shift_act."""
-    def fn(x_, s_, t_, r_, rs_, rt_):
-        return scale_shift_act(x_, s_, t_, r_, rs_, rt_, relu)
-
-    return _vjp(fn, [x, scale, shift, residual, res_scale, res_shift], grad_out, output_mask)
+    """Gradients (x, in_mean, in_scale, in_bias, weight) of conv_bn_stats:
+    dL/dy = grad_y + (y - mean) * 2 grad_var/M + grad_mean/M (M = N*H*W), conv backward to the
+    prologue's output z (recomputed from x), then the prologue's bn_act backward."""
+    need_x, need_mean, need_scale, need_bias, need_w = output_mask
+    count = y.numel() // y.shape[1]
+    dy = bn_act(y, mean, grad_var * (2.0 / count), grad_mean / count, grad_y, relu=False)
+    z = bn_act(x, in_mean, in_scale, in_bias, relu=in_relu) if in_scale is not None else x
+    need_z = need_x or need_mean or need_scale or need_bias
+    dz, dw = conv_backward(dy, z, weight, stride, padding, dilation, groups, need_z, need_w)
+    if in_scale is None:
+        return [dz, x.new_empty(0), x.new_empty(0), x.new_empty(0), dw]
+    dx, dmean, dscale, dbias = bn_act_backward(dz, z, x, in_mean, in_scale, in_bias, None, None, None, None, in_relu,
+                                               [need_x, need_mean, need_scale, need_bias] + [False] * 4)[:4]
+    return [dx, dmean, dscale, dbias, dw]
 
 
 def conv_bias_act_backward(grad_out: Tensor, out: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
                            residual: Optional[Tensor], relu: bool, stride: Sequence[int], padding: Sequence[int],
                            dilation: Sequence[int], groups: int, output_mask: Sequence[bool]) -> List[Tensor]:
-    """Gradients (x, weight, bias, residual) of conv_bias_act."""
-    def fn(x_, w_, b_, r_):
-        return conv_bias_act(x_, w_, b_, r_, relu, stride, padding, dilation, groups)
-
-    return _vjp(fn, [x, weight, bias, residual], grad_out, output_mask)
+    """Gradients (x, weight, bias, residual) of conv_bias_act, given its output."""
+    need_x, need_w, need_b, need_res = output_mask
+    g = torch.where(out > 0, grad_out, torch.zeros((), dtype=grad_out.dtype, device=grad_out.device)) \
+        if relu else grad_out
+    dx, dw = conv_backward(g, x, weight, stride, padding, dilation, groups, need_x, need_w)
+    db = _sum(g, stat_dtype(g.dtype)).to(bias.dtype) if need_b else x.new_empty(0)
+    dres = (g.clone() if g is grad_out else g).contiguous(memory_format=memory_format_of(residual)) \
+        if need_res else x.new_empty(0)
+    return [dx, dw, db, dres]

@@ -105,36 +105,56 @@ std::tuple<at::Tensor, at::Tensor> channel_stats_cpu(const at::Tensor& y) {
   return {mean, var};
 }
 
-at::Tensor scale_shift_act_cpu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,
-                               const std::optional<at::Tensor>& residual,
-                               const std::optional<at::Tensor>& res_scale,
-                               const std::optional<at::Tensor>& res_shift, bool relu) {
+// Per-channel vectors of one apply: x -> (x - mean)*scale + bias; mean may be absent (0).
+template <typename acc_t>
+struct ChannelAffine {
+  const acc_t* mean;
+  const acc_t* scale;
+  const acc_t* bias;
+  acc_t operator()(acc_t v, int64_t c) const { return (mean ? v - mean[c] : v) * scale[c] + (bias ? bias[c] : 0); }
+  template <typename T>
+  T centered(T v, int64_t c) const { return mean ? v - static_cast<T>(mean[c]) : v; }
+};
+
+template <typename acc_t>
+ChannelAffine<acc_t> affine_of(const std::optional<at::Tensor>& mean, const std::optional<at::Tensor>& scale,
+                               const std::optional<at::Tensor>& bias) {
+  return {mean ? mean->const_data_ptr<acc_t>() : nullptr, scale ? scale->const_data_ptr<acc_t>() : nullptr,
+          bias ? bias->const_data_ptr<acc_t>() : nullptr};
+}
+
+void check_opt_vec(const std::optional<at::Tensor>& v, int64_t C, at::ScalarType t, const char* name) {
+  if (v) check_vec(*v, C, t, name);
+}
+
+at::Tensor bn_act_cpu(const at::Tensor& x, const std::optional<at::Tensor>& mean, const at::Tensor& scale,
+                      const at::Tensor& bias, const std::optional<at::Tensor>& residual,
+                      const std::optional<at::Tensor>& res_mean, const std::optional<at::Tensor>& res_scale,
+                      const std::optional<at::Tensor>& res_bias, bool relu) {
   const Layout l = layout_of(x, "x");
   const auto op_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  check_opt_vec(mean, l.C, op_type, "mean");
   check_vec(scale, l.C, op_type, "scale");
-  check_vec(shift, l.C, op_type, "shift");
-  const bool has_res = residual.has_value();
+  check_vec(bias, l.C, op_type, "bias");
   const bool dual = res_scale.has_value();
-  TORCH_CHECK(dual == res_shift.has_value(), "res_scale and res_shift must be given together");
-  TORCH_CHECK(!dual || has_res, "res_scale needs a residual");
-  if (has_res) check_same(*residual, x, l, "residual");
-  if (dual) {
-    check_vec(*res_scale, l.C, op_type, "res_scale");
-    check_vec(*res_shift, l.C, op_type, "res_shift");
-  }
+  TORCH_CHECK(dual == res_bias.has_value(), "res_scale and res_bias must be given together");
+  TORCH_CHECK(!dual || residual.has_value(), "res_scale needs a residual");
+  TORCH_CHECK(!res_mean || dual, "res_mean needs res_scale");
+  if (residual) check_same(*residual, x, l, "residual");
+  check_opt_vec(res_mean, l.C, op_type, "res_mean");
+  check_opt_vec(res_scale, l.C, op_type, "res_scale");
+  check_opt_vec(res_bias, l.C, op_type, "res_bias");
   at::Tensor out = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scale_shift_act_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_act_cpu", [&] {
     using acc_t = opmath_t<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* rp = has_res ? residual->const_data_ptr<scalar_t>() : nullptr;
-    const acc_t* sp = scale.const_data_ptr<acc_t>();
-    const acc_t* tp = shift.const_data_ptr<acc_t>();
-    const acc_t* rsp = dual ? res_scale->const_data_ptr<acc_t>() : nullptr;
-    const acc_t* rtp = dual ? res_shift->const_data_ptr<acc_t>() : nullptr;
+    const scalar_t* rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
+    const auto main = affine_of<acc_t>(mean, scale, bias);
+    const auto side = affine_of<acc_t>(res_mean, res_scale, res_bias);
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     for_each_element(l, [&](int, int64_t c, int64_t i) {
-      acc_t v = static_cast<acc_t>(xp[i]) * sp[c] + tp[c];
-      if (rp) v += dual ? static_cast<acc_t>(rp[i]) * rsp[c] + rtp[c] : static_cast<acc_t>(rp[i]);
+      acc_t v = main(static_cast<acc_t>(xp[i]), c);
+      if (rp) v += dual ? side(static_cast<acc_t>(rp[i]), c) : static_cast<acc_t>(rp[i]);
       if (relu && v < acc_t(0)) v = acc_t(0);  // NaN propagates, as torch.relu
       op[i] = static_cast<scalar_t>(v);
     });
@@ -142,53 +162,55 @@ at::Tensor scale_shift_act_cpu(const at::Tensor& x, const at::Tensor& scale, con
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> scale_shift_act_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x, const at::Tensor& scale,
-    const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& res_scale, bool relu,
-    std::array<bool, 5> mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_act_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x, const std::optional<at::Tensor>& mean,
+    const at::Tensor& scale, const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& res_mean,
+    const std::optional<at::Tensor>& res_scale, bool relu, std::array<bool, 5> mask) {
   const Layout l = layout_of(x, "x");
   const auto op_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   check_same(grad_out, x, l, "grad_out");
   check_same(out, x, l, "out");
+  check_opt_vec(mean, l.C, op_type, "mean");
   check_vec(scale, l.C, op_type, "scale");
   const bool has_res = residual.has_value();
   const bool dual = res_scale.has_value();
   if (has_res) check_same(*residual, x, l, "residual");
-  if (dual) check_vec(*res_scale, l.C, op_type, "res_scale");
+  check_opt_vec(res_mean, l.C, op_type, "res_mean");
+  check_opt_vec(res_scale, l.C, op_type, "res_scale");
   TORCH_CHECK(!(mask[3] || mask[4]) || has_res, "residual gradients requested without a residual");
   TORCH_CHECK(!mask[4] || dual, "res_scale gradient requested without res_scale");
 
   auto vec_opts = scale.options();
   at::Tensor dx = mask[0] ? at::empty_like(x) : at::empty({0}, x.options());
   at::Tensor dscale = at::empty({mask[1] ? l.C : 0}, vec_opts);
-  at::Tensor dshift = at::empty({mask[2] ? l.C : 0}, vec_opts);
+  at::Tensor dbias = at::empty({mask[2] ? l.C : 0}, vec_opts);
   at::Tensor dres = mask[3] ? at::empty_like(x) : at::empty({0}, x.options());
   at::Tensor dres_scale = at::empty({mask[4] ? l.C : 0}, vec_opts);
   const bool reduce = mask[1] || mask[2] || mask[4];
   const int threads = at::get_num_threads();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scale_shift_act_bwd_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_act_backward_cpu", [&] {
     using acc_t = opmath_t<scalar_t>;
     const scalar_t* gp = grad_out.const_data_ptr<scalar_t>();
     const scalar_t* op = out.const_data_ptr<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* rp = has_res ? residual->const_data_ptr<scalar_t>() : nullptr;
-    const acc_t* sp = scale.const_data_ptr<acc_t>();
-    const acc_t* rsp = dual ? res_scale->const_data_ptr<acc_t>() : nullptr;
+    const auto main = affine_of<acc_t>(mean, scale, std::nullopt);
+    const auto side = affine_of<acc_t>(res_mean, res_scale, std::nullopt);
     scalar_t* dxp = mask[0] ? dx.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* drp = mask[3] ? dres.mutable_data_ptr<scalar_t>() : nullptr;
-    // Per (thread, channel): sum(g), sum(g*x), sum(g*residual).
+    // Per (thread, channel): sum(g), sum(g*(x-mean)), sum(g*(residual-res_mean)).
     std::vector<double> acc(reduce ? threads * l.C * 3 : 0, 0.0);
     for_each_element(l, [&](int tid, int64_t c, int64_t i) {
       acc_t g = static_cast<acc_t>(gp[i]);
       if (relu && static_cast<acc_t>(op[i]) <= acc_t(0)) g = acc_t(0);  // as threshold_backward
-      if (dxp) dxp[i] = static_cast<scalar_t>(g * sp[c]);
-      if (drp) drp[i] = static_cast<scalar_t>(dual ? g * rsp[c] : g);
+      if (dxp) dxp[i] = static_cast<scalar_t>(g * main.scale[c]);
+      if (drp) drp[i] = static_cast<scalar_t>(dual ? g * side.scale[c] : g);
       if (reduce) {
         double* a = &acc[(tid * l.C + c) * 3];
         a[0] += g;
-        a[1] += static_cast<double>(g) * static_cast<double>(xp[i]);
-        if (rp) a[2] += static_cast<double>(g) * static_cast<double>(rp[i]);
+        a[1] += static_cast<double>(g) * main.centered(static_cast<double>(xp[i]), c);
+        if (rp) a[2] += static_cast<double>(g) * side.centered(static_cast<double>(rp[i]), c);
       }
     });
     if (!reduce) return;
@@ -201,19 +223,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> scale_shi
         s2 += a[2];
       }
       if (mask[1]) dscale.mutable_data_ptr<acc_t>()[c] = static_cast<acc_t>(s1);
-      if (mask[2]) dshift.mutable_data_ptr<acc_t>()[c] = static_cast<acc_t>(s0);
+      if (mask[2]) dbias.mutable_data_ptr<acc_t>()[c] = static_cast<acc_t>(s0);
       if (mask[4]) dres_scale.mutable_data_ptr<acc_t>()[c] = static_cast<acc_t>(s2);
     }
   });
-  return {dx, dscale, dshift, dres, dres_scale};
+  return {dx, dscale, dbias, dres, dres_scale};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(resnet_fast_C, CPU, m) {
   m.impl("channel_stats", &channel_stats_cpu);
-  m.impl("scale_shift_act", &scale_shift_act_cpu);
-  m.impl("scale_shift_act_backward", &scale_shift_act_backward_cpu);
+  m.impl("bn_act", &bn_act_cpu);
+  m.impl("bn_act_backward", &bn_act_backward_cpu);
 }
 
 }  // namespace resnet_fast

@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -106,15 +107,27 @@ __global__ void stats_finish_kernel(const scalar_t* __restrict__ y, Layout l, co
   var[c] = static_cast<acc_t>(fmax(0.0, b / count - m * m));
 }
 
+// x -> (x - mean)*scale + bias per channel; a null mean is 0, a null bias is 0.
+template <typename acc_t>
+struct ChannelAffine {
+  const acc_t* mean;
+  const acc_t* scale;
+  const acc_t* bias;
+  __device__ acc_t operator()(acc_t v, int64_t c) const {
+    return (mean ? v - mean[c] : v) * scale[c] + (bias ? bias[c] : acc_t(0));
+  }
+  template <typename T>
+  __device__ T centered(T v, int64_t c) const { return mean ? v - static_cast<T>(mean[c]) : v; }
+};
+
 template <typename scalar_t, typename acc_t>
-__global__ void scale_shift_act_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ scale,
-                                       const acc_t* __restrict__ shift, const scalar_t* __restrict__ res,
-                                       const acc_t* __restrict__ res_scale, const acc_t* __restrict__ res_shift,
-                                       bool relu, Layout l, int64_t numel, scalar_t* __restrict__ out) {
+__global__ void bn_act_kernel(const scalar_t* __restrict__ x, ChannelAffine<acc_t> main,
+                              const scalar_t* __restrict__ res, bool dual, ChannelAffine<acc_t> side, bool relu,
+                              Layout l, int64_t numel, scalar_t* __restrict__ out) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < numel; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t c = l.channel(i);
-    acc_t v = static_cast<acc_t>(x[i]) * scale[c] + shift[c];
-    if (res) v += res_scale ? static_cast<acc_t>(res[i]) * res_scale[c] + res_shift[c] : static_cast<acc_t>(res[i]);
+    acc_t v = main(static_cast<acc_t>(x[i]), c);
+    if (res) v += dual ? side(static_cast<acc_t>(res[i]), c) : static_cast<acc_t>(res[i]);
     if (relu && v < acc_t(0)) v = acc_t(0);
     out[i] = static_cast<scalar_t>(v);
   }
@@ -134,10 +147,12 @@ __global__ void act_backward_apply_kernel(const scalar_t* __restrict__ g, const 
   }
 }
 
-// partial[(c*kSplits + s)*3 + {0,1,2}] = sums of g, g*x, g*res over slice s (g masked by ReLU).
-template <typename scalar_t>
+// partial[(c*kSplits + s)*3 + {0,1,2}] = sums of g, g*(x-mean), g*(res-res_mean) over slice s
+// (g masked by ReLU).
+template <typename scalar_t, typename acc_t>
 __global__ void act_backward_partial_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ out,
-                                            const scalar_t* __restrict__ x, const scalar_t* __restrict__ res,
+                                            const scalar_t* __restrict__ x, ChannelAffine<acc_t> main,
+                                            const scalar_t* __restrict__ res, ChannelAffine<acc_t> side,
                                             bool relu, Layout l, double* __restrict__ partial) {
   __shared__ double smem[32];
   const int64_t c = blockIdx.x, count = l.N * l.HW;
@@ -147,8 +162,8 @@ __global__ void act_backward_partial_kernel(const scalar_t* __restrict__ g, cons
     double gi = static_cast<double>(g[i]);
     if (relu && static_cast<double>(out[i]) <= 0.0) gi = 0.0;
     s0 += gi;
-    s1 += gi * static_cast<double>(x[i]);
-    if (res) s2 += gi * static_cast<double>(res[i]);
+    s1 += gi * main.centered(static_cast<double>(x[i]), c);
+    if (res) s2 += gi * side.centered(static_cast<double>(res[i]), c);
   }
   s0 = block_sum(s0, smem);
   s1 = block_sum(s1, smem);
@@ -163,7 +178,7 @@ __global__ void act_backward_partial_kernel(const scalar_t* __restrict__ g, cons
 
 template <typename acc_t>
 __global__ void act_backward_finish_kernel(const double* __restrict__ partial, int64_t C, acc_t* dscale,
-                                           acc_t* dshift, acc_t* dres_scale) {
+                                           acc_t* dbias, acc_t* dres_scale) {
   const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (c >= C) return;
   double s0 = 0, s1 = 0, s2 = 0;
@@ -174,8 +189,19 @@ __global__ void act_backward_finish_kernel(const double* __restrict__ partial, i
     s2 += p[2];
   }
   if (dscale) dscale[c] = static_cast<acc_t>(s1);
-  if (dshift) dshift[c] = static_cast<acc_t>(s0);
+  if (dbias) dbias[c] = static_cast<acc_t>(s0);
   if (dres_scale) dres_scale[c] = static_cast<acc_t>(s2);
+}
+
+template <typename acc_t>
+ChannelAffine<acc_t> affine_of(const std::optional<at::Tensor>& mean, const std::optional<at::Tensor>& scale,
+                               const std::optional<at::Tensor>& bias) {
+  return {mean ? mean->const_data_ptr<acc_t>() : nullptr, scale ? scale->const_data_ptr<acc_t>() : nullptr,
+          bias ? bias->const_data_ptr<acc_t>() : nullptr};
+}
+
+void check_opt_vec(const std::optional<at::Tensor>& v, const at::Tensor& x, int64_t C, const char* name) {
+  if (v) check_vec(*v, x, C, name);
 }
 
 int elementwise_blocks(int64_t numel) {
@@ -204,59 +230,62 @@ std::tuple<at::Tensor, at::Tensor> channel_stats_cuda(const at::Tensor& y) {
   return {mean, var};
 }
 
-at::Tensor scale_shift_act_cuda(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,
-                                const std::optional<at::Tensor>& residual,
-                                const std::optional<at::Tensor>& res_scale,
-                                const std::optional<at::Tensor>& res_shift, bool relu) {
+at::Tensor bn_act_cuda(const at::Tensor& x, const std::optional<at::Tensor>& mean, const at::Tensor& scale,
+                       const at::Tensor& bias, const std::optional<at::Tensor>& residual,
+                       const std::optional<at::Tensor>& res_mean, const std::optional<at::Tensor>& res_scale,
+                       const std::optional<at::Tensor>& res_bias, bool relu) {
   const Layout l = layout_of(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
+  check_opt_vec(mean, x, l.C, "mean");
   check_vec(scale, x, l.C, "scale");
-  check_vec(shift, x, l.C, "shift");
-  TORCH_CHECK(res_scale.has_value() == res_shift.has_value(), "res_scale and res_shift must be given together");
-  TORCH_CHECK(!res_scale.has_value() || residual.has_value(), "res_scale needs a residual");
+  check_vec(bias, x, l.C, "bias");
+  const bool dual = res_scale.has_value();
+  TORCH_CHECK(dual == res_bias.has_value(), "res_scale and res_bias must be given together");
+  TORCH_CHECK(!dual || residual.has_value(), "res_scale needs a residual");
+  TORCH_CHECK(!res_mean || dual, "res_mean needs res_scale");
   if (residual) check_same(*residual, x, l, "residual");
-  if (res_scale) {
-    check_vec(*res_scale, x, l.C, "res_scale");
-    check_vec(*res_shift, x, l.C, "res_shift");
-  }
+  check_opt_vec(res_mean, x, l.C, "res_mean");
+  check_opt_vec(res_scale, x, l.C, "res_scale");
+  check_opt_vec(res_bias, x, l.C, "res_bias");
   at::Tensor out = at::empty_like(x);
   const int64_t numel = x.numel();
   if (numel == 0) return out;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scale_shift_act_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_act_cuda", [&] {
     using acc_t = opmath_t<scalar_t>;
-    scale_shift_act_kernel<scalar_t, acc_t><<<elementwise_blocks(numel), kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(),
-        residual ? residual->const_data_ptr<scalar_t>() : nullptr,
-        res_scale ? res_scale->const_data_ptr<acc_t>() : nullptr,
-        res_shift ? res_shift->const_data_ptr<acc_t>() : nullptr, relu, l, numel, out.mutable_data_ptr<scalar_t>());
+    bn_act_kernel<scalar_t, acc_t><<<elementwise_blocks(numel), kThreads, 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), affine_of<acc_t>(mean, scale, bias),
+        residual ? residual->const_data_ptr<scalar_t>() : nullptr, dual,
+        affine_of<acc_t>(res_mean, res_scale, res_bias), relu, l, numel, out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> scale_shift_act_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x, const at::Tensor& scale,
-    const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& res_scale, bool relu,
-    std::array<bool, 5> mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_act_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x, const std::optional<at::Tensor>& mean,
+    const at::Tensor& scale, const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& res_mean,
+    const std::optional<at::Tensor>& res_scale, bool relu, std::array<bool, 5> mask) {
   const Layout l = layout_of(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   check_same(grad_out, x, l, "grad_out");
   check_same(out, x, l, "out");
+  check_opt_vec(mean, x, l.C, "mean");
   check_vec(scale, x, l.C, "scale");
   if (residual) check_same(*residual, x, l, "residual");
-  if (res_scale) check_vec(*res_scale, x, l.C, "res_scale");
+  check_opt_vec(res_mean, x, l.C, "res_mean");
+  check_opt_vec(res_scale, x, l.C, "res_scale");
   TORCH_CHECK(!(mask[3] || mask[4]) || residual.has_value(), "residual gradients requested without a residual");
   TORCH_CHECK(!mask[4] || res_scale.has_value(), "res_scale gradient requested without res_scale");
   auto vec_opts = scale.options();
   at::Tensor dx = mask[0] ? at::empty_like(x) : at::empty({0}, x.options());
   at::Tensor dscale = at::empty({mask[1] ? l.C : 0}, vec_opts);
-  at::Tensor dshift = at::empty({mask[2] ? l.C : 0}, vec_opts);
+  at::Tensor dbias = at::empty({mask[2] ? l.C : 0}, vec_opts);
   at::Tensor dres = mask[3] ? at::empty_like(x) : at::empty({0}, x.options());
   at::Tensor dres_scale = at::empty({mask[4] ? l.C : 0}, vec_opts);
   const int64_t numel = x.numel();
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scale_shift_act_bwd_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_act_backward_cuda", [&] {
     using acc_t = opmath_t<scalar_t>;
     const scalar_t* res = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
     if ((mask[0] || mask[3]) && numel > 0) {
@@ -266,27 +295,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> scale_shi
           mask[0] ? dx.mutable_data_ptr<scalar_t>() : nullptr, mask[3] ? dres.mutable_data_ptr<scalar_t>() : nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    if (mask[1] || mask[2] || mask[4]) {
-      at::Tensor partial = at::empty({l.C * kSplits * 3}, x.options().dtype(at::kDouble));
-      act_backward_partial_kernel<scalar_t><<<dim3(l.C, kSplits), kThreads, 0, stream>>>(
-          grad_out.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), res,
-          relu, l, partial.mutable_data_ptr<double>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if ((mask[1] || mask[2] || mask[4]) && l.C > 0) {
+      at::Tensor partial = at::zeros({l.C * kSplits * 3}, x.options().dtype(at::kDouble));
+      if (numel > 0) {
+        act_backward_partial_kernel<scalar_t, acc_t><<<dim3(l.C, kSplits), kThreads, 0, stream>>>(
+            grad_out.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+            affine_of<acc_t>(mean, scale, std::nullopt), res, affine_of<acc_t>(res_mean, res_scale, std::nullopt),
+            relu, l, partial.mutable_data_ptr<double>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
       act_backward_finish_kernel<acc_t><<<(l.C + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
           partial.const_data_ptr<double>(), l.C, mask[1] ? dscale.mutable_data_ptr<acc_t>() : nullptr,
-          mask[2] ? dshift.mutable_data_ptr<acc_t>() : nullptr, mask[4] ? dres_scale.mutable_data_ptr<acc_t>() : nullptr);
+          mask[2] ? dbias.mutable_data_ptr<acc_t>() : nullptr, mask[4] ? dres_scale.mutable_data_ptr<acc_t>() : nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  return {dx, dscale, dshift, dres, dres_scale};
+  return {dx, dscale, dbias, dres, dres_scale};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(resnet_fast_C, CUDA, m) {
   m.impl("channel_stats", &channel_stats_cuda);
-  m.impl("scale_shift_act", &scale_shift_act_cuda);
-  m.impl("scale_shift_act_backward", &scale_shift_act_backward_cuda);
+  m.impl("bn_act", &bn_act_cuda);
+  m.impl("bn_act_backward", &bn_act_backward_cuda);
 }
 
 }  // namespace resnet_fast

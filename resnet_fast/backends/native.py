@@ -34,60 +34,71 @@ def _conv_backward(dy: Tensor, x: Tensor, weight: Tensor, stride, padding, dilat
     return dx, dw
 
 
-def _prologue(x: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor], in_relu: bool) -> Tensor:
+def _prologue(x: Tensor, in_mean: Optional[Tensor], in_scale: Optional[Tensor], in_bias: Optional[Tensor],
+              in_relu: bool) -> Tensor:
     if in_scale is None:
         return x
-    return _C.scale_shift_act(x, in_scale, in_shift, None, None, None, in_relu)
+    return _C.bn_act(x, in_mean, in_scale, in_bias, None, None, None, None, in_relu)
 
 
-def conv_bn_stats(x, in_scale, in_shift, in_relu, weight, stride, padding, dilation, groups):
+def _vec(like: Tensor, value: float) -> Tensor:
+    sdt = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.full((like.shape[1],), value, dtype=sdt, device=like.device)
+
+
+def conv_bn_stats(x, in_mean, in_scale, in_bias, in_relu, weight, stride, padding, dilation, groups):
     x = x.contiguous(memory_format=_fmt(x))
-    y = _conv(_prologue(x, in_scale, in_shift, in_relu), weight, None, stride, padding, dilation, groups)
+    y = _conv(_prologue(x, in_mean, in_scale, in_bias, in_relu), weight, None, stride, padding, dilation, groups)
     mean, var = _C.channel_stats(y)
     return y, mean, var
 
 
-def conv_bn_stats_backward(grad_y, grad_mean, grad_var, x, in_scale, in_shift, in_relu, weight, y, mean, stride,
-                           padding, dilation, groups, output_mask: Sequence[bool]) -> List[Tensor]:
-    need_x, need_scale, need_shift, need_w = output_mask
+def conv_bn_stats_backward(grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias, in_relu, weight, y, mean,
+                           stride, padding, dilation, groups, output_mask: Sequence[bool]) -> List[Tensor]:
+    need_x, need_mean, need_scale, need_bias, need_w = output_mask
     fmt = _fmt(y)
-    # dL/dy = grad_y + y*a + c per channel, a = 2*grad_var/M, c = grad_mean/M - a*mean.
+    # dL/dy = grad_y + (y - mean)*a + c per channel, a = 2*grad_var/M, c = grad_mean/M.
     count = y.numel() // y.shape[1]
-    a = grad_var * (2.0 / count)
-    c = grad_mean / count - a * mean
-    dy = _C.scale_shift_act(y, a, c, grad_y.contiguous(memory_format=fmt), None, None, False)
+    dy = _C.bn_act(y, mean, grad_var * (2.0 / count), grad_mean / count, grad_y.contiguous(memory_format=fmt),
+                   None, None, None, False)
     x = x.contiguous(memory_format=_fmt(x))
-    z = _prologue(x, in_scale, in_shift, in_relu)
-    need_z = need_x or need_scale or need_shift
+    z = _prologue(x, in_mean, in_scale, in_bias, in_relu)
+    need_z = need_x or need_mean or need_scale or need_bias
     dz, dw = _conv_backward(dy, z, weight, stride, padding, dilation, groups, need_z, need_w)
+    def empty():
+        return x.new_empty(0)  # a fresh one each time: outputs of an op may not alias
+
     if in_scale is None:
-        return [dz, x.new_empty(0), x.new_empty(0), dw]
-    dx, dscale, dshift, _, _ = _C.scale_shift_act_backward(dz, z, x, in_scale, None, None, in_relu,
-                                                           [need_x, need_scale, need_shift, False, False])
-    return [dx, dscale, dshift, dw]
+        return [dz, empty(), empty(), empty(), dw]
+    dx, dscale, dbias, _, _ = _C.bn_act_backward(dz, z, x, in_mean, in_scale, None, None, None, in_relu,
+                                                 [need_x, need_scale, need_bias or need_mean, False, False])
+    dmean = -in_scale * dbias if need_mean else empty()
+    return [dx, dmean, dscale, dbias if need_bias else empty(), dw]
 
 
-def scale_shift_act(x, scale, shift, residual, res_scale, res_shift, relu):
+def bn_act(x, mean, scale, bias, residual, res_mean, res_scale, res_bias, relu):
     fmt = _fmt(x)
     x = x.contiguous(memory_format=fmt)
     residual = residual.contiguous(memory_format=fmt) if residual is not None else None
-    return _C.scale_shift_act(x, scale, shift, residual, res_scale, res_shift, relu)
+    return _C.bn_act(x, mean, scale, bias, residual, res_mean, res_scale, res_bias, relu)
 
 
-def scale_shift_act_backward(grad_out, out, x, scale, shift, residual, res_scale, res_shift, relu,
-                             output_mask: Sequence[bool]) -> List[Tensor]:
+def bn_act_backward(grad_out, out, x, mean, scale, bias, residual, res_mean, res_scale, res_bias, relu,
+                    output_mask: Sequence[bool]) -> List[Tensor]:
     fmt = _fmt(x)
     x, out, grad_out = (t.contiguous(memory_format=fmt) for t in (x, out, grad_out))
     residual = residual.contiguous(memory_format=fmt) if residual is not None else None
-    need_x, need_scale, need_shift, need_res, need_rscale, need_rshift = output_mask
-    dx, dscale, dshift, dres, drscale = _C.scale_shift_act_backward(
-        grad_out, out, x, scale, residual, res_scale, relu,
-        [need_x, need_scale, need_shift or need_rshift, need_res, need_rscale])
-    # d(res_shift) = sum(g) = d(shift)
-    drshift = dshift.clone() if need_rshift else x.new_empty(0)
-    if not need_shift:
-        dshift = x.new_empty(0)
-    return [dx, dscale, dshift, dres, drscale, drshift]
+    need_x, need_mean, need_scale, need_bias, need_res, need_rmean, need_rscale, need_rbias = output_mask
+    need_sum = need_mean or need_bias or need_rmean or need_rbias
+    dx, dscale, dbias, dres, drscale = _C.bn_act_backward(grad_out, out, x, mean, scale, residual, res_mean,
+                                                          res_scale, relu,
+                                                          [need_x, need_scale, need_sum, need_res, need_rscale])
+    # With s = sum(g): d(bias) = d(res_bias) = s, d(mean) = -scale*s, d(res_mean) = -res_scale*s.
+    def empty():
+        return x.new_empty(0)
+
+    return [dx, -scale * dbias if need_mean else empty(), dscale, dbias if need_bias else empty(), dres,
+            -res_scale * dbias if need_rmean else empty(), drscale, dbias.clone() if need_rbias else empty()]
 
 
 def conv_bias_act(x, weight, bias, residual, relu, stride, padding, dilation, groups):
@@ -95,11 +106,10 @@ def conv_bias_act(x, weight, bias, residual, relu, stride, padding, dilation, gr
     x = x.contiguous(memory_format=fmt)
     y = _conv(x, weight, None, stride, padding, dilation, groups)
     # bias, residual and ReLU in one pass over y.
-    sdt = torch.float64 if y.dtype == torch.float64 else torch.float32
-    ones = torch.ones(y.shape[1], dtype=sdt, device=y.device)
-    shift = bias.to(sdt) if bias is not None else torch.zeros_like(ones)
+    shift = bias.to(torch.float64 if y.dtype == torch.float64 else torch.float32) if bias is not None \
+        else _vec(y, 0.0)
     res = residual.contiguous(memory_format=_fmt(y)) if residual is not None else None
-    return _C.scale_shift_act(y, ones, shift, res, None, None, relu)
+    return _C.bn_act(y, None, _vec(y, 1.0), shift, res, None, None, None, relu)
 
 
 def conv_bias_act_backward(grad_out, out, x, weight, bias, residual, relu, stride, padding, dilation, groups,
@@ -107,13 +117,11 @@ def conv_bias_act_backward(grad_out, out, x, weight, bias, residual, relu, strid
     need_x, need_w, need_b, need_res = output_mask
     fmt = _fmt(out)
     grad_out, out = grad_out.contiguous(memory_format=fmt), out.contiguous(memory_format=fmt)
-    if relu:
-        g = torch.where(out > 0, grad_out, torch.zeros((), dtype=grad_out.dtype, device=grad_out.device))
-    else:
-        g = grad_out
+    # One pass: g = grad_out masked by the ReLU, and sum(g) for the bias.
+    g, _, db, _, _ = _C.bn_act_backward(grad_out, out, out, None, _vec(out, 1.0), None, None, None, relu,
+                                        [True, False, need_b, False, False])
     x = x.contiguous(memory_format=_fmt(x))
     dx, dw = _conv_backward(g, x, weight, stride, padding, dilation, groups, need_x, need_w)
-    db = g.sum(dim=(0, 2, 3), dtype=torch.float64 if g.dtype == torch.float64 else torch.float32).to(bias.dtype) \
-        if need_b else x.new_empty(0)
+    db = db.to(bias.dtype) if need_b else x.new_empty(0)
     dres = g.contiguous(memory_format=_fmt(residual)) if need_res else x.new_empty(0)
     return [dx, dw, db, dres]

@@ -134,7 +134,11 @@ def test_builder_matches_torchvision(arch):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_full_size_224(arch):
-    compare_with_torchvision(arch, torch.randn(2, 3, 224, 224), num_classes=1000)
+    """One SGD step at full size. (At 224x224 there are ~12x more activations where float32 may take
+    the other side of a ReLU / max-pool decision than at 64x64; through BatchNorm's batch sums one
+    such flip then moves every later gradient of that run, so the second step is left to the
+    64x64 tests.)"""
+    compare_with_torchvision(arch, torch.randn(2, 3, 224, 224), num_classes=1000, steps=1)
 
 
 def test_channels_last_input():

@@ -1,0 +1,159 @@
+"""Drop-in behaviour: module tree, state_dict both ways, initialization, weights=, from_torchvision,
+eval <-> train refolding, BatchNorm options, and blocks that cannot fuse."""
+
+import copy
+import functools
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import resnet as tv
+
+import resnet_fast
+from test_equivalence import BUILDERS, _trace, assert_float64_exact
+
+
+@pytest.mark.parametrize("arch", BUILDERS)
+def test_same_init_tree_and_state_dict(arch):
+    torch.manual_seed(1)
+    a = getattr(torchvision.models, arch)()
+    torch.manual_seed(1)
+    b = getattr(resnet_fast, arch)()
+    assert isinstance(b, resnet_fast.ResNet) and isinstance(b, tv.ResNet)
+    assert [n for n, _ in a.named_modules()] == [n for n, _ in b.named_modules()]
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:  # same seed, same initial weights (torchvision's init in torchvision's order)
+        assert torch.equal(sa[k], sb[k]), k
+    b.load_state_dict(sa, strict=True)
+    a.load_state_dict(sb, strict=True)
+
+
+def test_block_classes_and_names():
+    m = resnet_fast.resnet50()
+    assert isinstance(m.layer1[0], resnet_fast.Bottleneck) and isinstance(m.layer1[0], tv.Bottleneck)
+    assert isinstance(resnet_fast.resnet18().layer1[0], resnet_fast.BasicBlock)
+    assert m.layer1[0].bn1.running_mean.shape == (64,)
+    assert m.layer1[0].downsample[1].num_batches_tracked.item() == 0
+
+
+def test_weights_through_torchvision_machinery(monkeypatch):
+    """weights= (enum, string, legacy pretrained=True) loads what torchvision's Weights provides."""
+    source = torchvision.models.resnet18()
+    calls = []
+
+    def fake_get_state_dict(self, *args, **kwargs):
+        calls.append((self, kwargs))
+        return source.state_dict()
+
+    monkeypatch.setattr(torchvision.models.Weights, "get_state_dict", fake_get_state_dict)
+    for weights in (tv.ResNet18_Weights.IMAGENET1K_V1, "IMAGENET1K_V1", "DEFAULT"):
+        m = resnet_fast.resnet18(weights=weights)
+        assert m.fc.out_features == 1000
+        assert all(torch.equal(p, q) for p, q in zip(m.state_dict().values(), source.state_dict().values()))
+    with pytest.warns(UserWarning):
+        resnet_fast.resnet18(pretrained=True)
+    assert calls[0][1] == {"progress": True, "check_hash": True}
+    with pytest.raises(ValueError):
+        resnet_fast.resnet18(weights=tv.ResNet50_Weights.IMAGENET1K_V1)
+    with pytest.raises(ValueError):
+        resnet_fast.resnet18(weights=tv.ResNet18_Weights.IMAGENET1K_V1, num_classes=10)
+
+
+def test_from_torchvision_shares_parameters():
+    model = torchvision.models.resnet18(num_classes=10)
+    fast = resnet_fast.from_torchvision(model)
+    assert type(fast) is resnet_fast.ResNet and type(model) is tv.ResNet
+    assert fast.conv1.weight is model.conv1.weight
+    assert fast.layer2[0].bn1.running_mean is model.layer2[0].bn1.running_mean
+    assert type(model.layer1[0]) is tv.BasicBlock  # the original is untouched
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    ref = copy.deepcopy(model).double()
+    fast.double()  # in place on shared parameters: model is float64 too now
+    assert model.conv1.weight.dtype == torch.float64
+    assert_float64_exact("from_torchvision", _trace(fast, x, torch.tensor([1, 2]), 1),
+                         _trace(ref, x, torch.tensor([1, 2]), 1))
+    with pytest.raises(TypeError, match="torchvision.models.ResNet"):
+        resnet_fast.from_torchvision(nn.Linear(2, 2))
+
+
+def test_custom_norm_layer_runs_unfused():
+    """A block with another norm layer (documented: it runs torchvision's own forward)."""
+    norm = functools.partial(nn.GroupNorm, 8)
+    a = torchvision.models.resnet18(num_classes=10, norm_layer=lambda c: norm(c)).double()
+    b = resnet_fast.resnet18(num_classes=10, norm_layer=lambda c: norm(c)).double()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    torch.testing.assert_close(b(x), a(x), rtol=1e-10, atol=1e-10)
+
+
+def test_frozen_batchnorm_from_torchvision():
+    a = torchvision.models.resnet50(num_classes=10, norm_layer=torchvision.ops.FrozenBatchNorm2d).double()
+    b = resnet_fast.from_torchvision(copy.deepcopy(a))
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    torch.testing.assert_close(b(x), a(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("bn_kwargs", [
+    {"momentum": None},
+    {"momentum": 0.3, "eps": 1e-3},
+    {"affine": False},
+    {"track_running_stats": False},
+])
+def test_batchnorm_options(bn_kwargs):
+    """nn.BatchNorm2d's semantics for every option, over three steps, train and eval, in float64."""
+    norm = functools.partial(nn.BatchNorm2d, **bn_kwargs)
+    a = torchvision.models.resnet18(num_classes=10, norm_layer=norm).double()
+    b = resnet_fast.resnet18(num_classes=10, norm_layer=norm).double()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(4, 3, 48, 48, dtype=torch.float64)
+    t = torch.randint(0, 10, (4,))
+    assert_float64_exact(str(bn_kwargs), _trace(b, x, t, 3), _trace(a, x, t, 3))
+
+
+def test_eval_train_switching_refolds():
+    """Folded eval weights follow every change: an optimizer step, a training forward (running
+    statistics), load_state_dict, and in-place edits under no_grad."""
+    a = torchvision.models.resnet18(num_classes=10).double()
+    b = resnet_fast.resnet18(num_classes=10).double()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+
+    def check():
+        a.eval(), b.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(b(x), a(x), rtol=1e-10, atol=1e-10)
+
+    check()
+    for m in (a, b):  # training forward: running statistics change
+        m.train()
+        m(x)
+    check()
+    with torch.no_grad():  # in place while in eval mode: no train() in between
+        for m in (a, b):
+            m.layer1[0].bn1.running_var.mul_(2.0)
+            m.layer2[0].conv1.weight.add_(0.01)
+            m.layer3[1].bn2.weight.mul_(-1.0)
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), a(x), rtol=1e-10, atol=1e-10)
+    sd = torchvision.models.resnet18(num_classes=10).double().state_dict()
+    a.load_state_dict(sd), b.load_state_dict(sd)
+    check()
+    opt = torch.optim.SGD(b.parameters(), lr=0.1)
+    b.train()
+    b(x).sum().backward()
+    opt.step()
+    a.load_state_dict(b.state_dict())
+    check()
+
+
+def test_block_forward_alone():
+    """A block called on its own applies its own running-statistics updates."""
+    a = torchvision.models.resnet50().layer2[0].double()
+    b = resnet_fast.resnet50().layer2[0].double()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 256, 16, 16, dtype=torch.float64).relu()
+    torch.testing.assert_close(b(x), a(x), rtol=1e-10, atol=1e-10)
+    for (n, p), q in zip(a.named_buffers(), b.buffers()):
+        torch.testing.assert_close(q, p, rtol=1e-10, atol=1e-12, msg=n)

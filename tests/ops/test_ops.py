@@ -1,0 +1,216 @@
+"""Every resnet_fast op against its plain-PyTorch reference, its gradients against finite
+differences (float64 gradcheck), and torch.library.opcheck on each op's sample inputs."""
+
+import itertools
+
+import pytest
+import torch
+
+from resnet_fast import _dispatch, ops
+from resnet_fast import reference as ref
+from helpers import assert_close_to_ref
+
+CL = torch.channels_last
+FORMATS = [torch.contiguous_format, CL]
+
+
+def act(shape, device, dtype=torch.float32, fmt=torch.contiguous_format, offset=0.0):
+    return (torch.randn(shape, device=device, dtype=dtype) + offset).contiguous(memory_format=fmt)
+
+
+def vec(c, device, dtype=torch.float32, low=0.5, high=1.5):
+    return torch.empty(c, device=device, dtype=dtype).uniform_(low, high)
+
+
+# Odd sizes exercise masks and remainders; (N, Cin, H, W, Cout, kernel, stride, pad, dil, groups).
+CONVS = [
+    (2, 3, 13, 11, 8, 7, 2, 3, 1, 1),   # the stem: 3 input channels, 7x7, stride 2
+    (3, 6, 9, 7, 10, 3, 1, 1, 1, 1),
+    (2, 8, 9, 9, 12, 3, 2, 1, 1, 4),    # ResNeXt groups, stride 2
+    (2, 5, 10, 9, 7, 3, 1, 2, 2, 1),    # dilation
+    (1, 12, 5, 6, 20, 1, 1, 0, 1, 1),   # 1x1
+    (2, 12, 7, 7, 9, 1, 2, 0, 1, 1),    # 1x1 stride 2 (downsample)
+]
+
+
+def conv_args(case, device, dtype, fmt, prologue):
+    n, cin, h, w, cout, k, s, p, d, g = case
+    x = act((n, cin, h, w), device, dtype, fmt)
+    weight = (torch.randn(cout, cin // g, k, k, device=device, dtype=dtype) * 0.3).contiguous(memory_format=fmt)
+    pro = (vec(cin, device, ref.stat_dtype(dtype), -0.5, 0.5), vec(cin, device, ref.stat_dtype(dtype)),
+           vec(cin, device, ref.stat_dtype(dtype), -0.5, 0.5)) if prologue else (None, None, None)
+    return x, pro, weight, [s, s], [p, p], [d, d], g
+
+
+@pytest.mark.parametrize("case", CONVS)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("prologue", [False, True])
+def test_conv_bn_stats_forward(case, fmt, prologue, device):
+    x, pro, w, s, p, d, g = conv_args(case, device, torch.float32, fmt, prologue)
+    y, mean, var = ops.conv_bn_stats(x, *pro, True, w, s, p, d, g)
+    y64, mean64, var64 = ref.conv_bn_stats(x.double(), *[None if t is None else t.double() for t in pro], True,
+                                           w.double(), s, p, d, g)
+    y32, mean32, var32 = ref.conv_bn_stats(x, *pro, True, w, s, p, d, g)
+    assert y.is_contiguous(memory_format=fmt)
+    for name, a, b, c in (("y", y, y32, y64), ("mean", mean, mean32, mean64), ("var", var, var32, var64)):
+        assert a.dtype == b.dtype
+        assert_close_to_ref(name, a, b, c)
+
+
+def test_channel_stats_large_mean(device):
+    """|mean| = 1e4 * std: naive fp32 sum/sumsq would lose the variance entirely."""
+    y = act((4, 5, 17, 19), device, offset=0.0) + 1e4
+    mean, var = _dispatch.kernel("conv_bn_stats", y)(y, None, None, None, False, torch.eye(5, device=device).view(
+        5, 5, 1, 1), [1, 1], [0, 0], [1, 1], 1)[1:]
+    var64, mean64 = torch.var_mean(y.double(), dim=(0, 2, 3), correction=0)
+    torch.testing.assert_close(mean.double(), mean64, rtol=1e-6, atol=0)
+    torch.testing.assert_close(var.double(), var64, rtol=1e-3, atol=0)
+
+
+BN_ACT_CASES = list(itertools.product([False, True], ["none", "plain", "dual"], [False, True]))
+
+
+def bn_act_args(shape, device, dtype, fmt, with_mean, residual, requires_grad=False):
+    c = shape[1]
+    sdt = ref.stat_dtype(dtype)
+    x = act(shape, device, dtype, fmt, offset=2.0)
+    mean = vec(c, device, sdt, 1.5, 2.5) if with_mean else None
+    args = [x, mean, vec(c, device, sdt, -1.5, 1.5), vec(c, device, sdt, -0.5, 0.5)]
+    if residual == "none":
+        args += [None, None, None, None]
+    elif residual == "plain":
+        args += [act(shape, device, dtype, fmt), None, None, None]
+    else:
+        args += [act(shape, device, dtype, fmt, offset=-1.0), vec(c, device, sdt, -1.5, -0.5), vec(c, device, sdt),
+                 vec(c, device, sdt, -0.5, 0.5)]
+    if requires_grad:
+        args = [a.requires_grad_(True) if a is not None else None for a in args]
+    return args
+
+
+@pytest.mark.parametrize("with_mean,residual,relu", BN_ACT_CASES)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bn_act_forward_backward(with_mean, residual, relu, fmt, device):
+    shape = (3, 7, 5, 9)
+    args = bn_act_args(shape, device, torch.float32, fmt, with_mean, residual, requires_grad=True)
+    out = ops.bn_act(*args, relu)
+    out32 = ref.bn_act(*args, relu=relu)
+    args64 = [a.detach().double().requires_grad_(True) if a is not None else None for a in args]
+    out64 = ref.bn_act(*args64, relu=relu)
+    assert out.is_contiguous(memory_format=fmt)
+    assert_close_to_ref("out", out, out32, out64)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [a for a in args if a is not None], g)
+    grads32 = torch.autograd.grad(out32, [a for a in args if a is not None], g)
+    grads64 = torch.autograd.grad(out64, [a for a in args64 if a is not None], g.double())
+    for i, (a, b, c) in enumerate(zip(grads, grads32, grads64)):
+        assert_close_to_ref(f"grad{i}", a, b, c)
+
+
+@pytest.mark.parametrize("case", CONVS)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("prologue", [False, True])
+def test_conv_bn_stats_gradcheck(case, fmt, prologue, device):
+    x, pro, w, s, p, d, g = conv_args(case, device, torch.float64, fmt, prologue)
+    inputs = [t.requires_grad_(True) if t is not None else None for t in (x, *pro, w)]
+
+    def fn(x_, m_, s_, b_, w_):
+        y, mean, var = ops.conv_bn_stats(x_, m_, s_, b_, True, w_, s, p, d, g)
+        return y, mean, var
+
+    torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
+
+
+@pytest.mark.parametrize("with_mean,residual,relu", BN_ACT_CASES)
+def test_bn_act_gradcheck(with_mean, residual, relu, device):
+    args = bn_act_args((2, 3, 4, 5), device, torch.float64, CL, with_mean, residual, requires_grad=True)
+    torch.autograd.gradcheck(lambda *a: ops.bn_act(*a, relu), args, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_bn_finalize_gradcheck(device):
+    var = vec(6, device, torch.float64).requires_grad_(True)
+    weight = vec(6, device, torch.float64).requires_grad_(True)
+    torch.autograd.gradcheck(lambda v, w: ops.bn_finalize(v, w, 1e-5), [var, weight])
+    torch.autograd.gradcheck(lambda v: ops.bn_finalize(v, None, 1e-5), [var])
+
+
+@pytest.mark.parametrize("case", CONVS)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("residual,relu", [(False, True), (True, True), (True, False)])
+def test_conv_bias_act(case, fmt, residual, relu, device):
+    x, _, w, s, p, d, g = conv_args(case, device, torch.float64, fmt, False)
+    b = torch.randn(w.shape[0], device=device, dtype=torch.float64)
+    y = ref.conv(x, w, None, s, p, d, g)
+    r = act(y.shape, device, torch.float64, fmt) if residual else None
+    inputs = [t.requires_grad_(True) for t in (x, w, b) + ((r,) if residual else ())]
+    fn = (lambda x_, w_, b_, r_=None: ops.conv_bias_act(x_, w_, b_, r_, relu, s, p, d, g))
+    out = fn(*inputs)
+    torch.testing.assert_close(out, ref.conv_bias_act(x, w, b, r, relu, s, p, d, g), rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous(memory_format=fmt)
+    torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_update_running_stats_matches_batchnorm(momentum, device):
+    bn = torch.nn.BatchNorm2d(5, momentum=momentum).to(device)
+    rm, rv, nbt = bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()
+    for _ in range(3):
+        x = act((3, 5, 4, 6), device, offset=1.0)
+        bn(x)
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        ops.update_running_stats(rm, rv, nbt, mean, var, 3 * 4 * 6, momentum)
+        torch.testing.assert_close(rm, bn.running_mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(rv, bn.running_var, rtol=1e-6, atol=1e-7)
+        assert torch.equal(nbt, bn.num_batches_tracked)
+
+
+# ------------------------------------------------------------------------------------------
+# opcheck: schema, fake kernel, autograd registration, dynamic shapes.
+
+def _sample_calls(device, fmt, requires_grad):
+    dt = torch.float32
+    rg = requires_grad
+    n, cin, h, w, cout, k, s, p, d, g = CONVS[2]
+    x, pro, weight, st, pa, di, gr = conv_args(CONVS[2], device, dt, fmt, True)
+    leaf = (lambda t: t.requires_grad_(rg) if t is not None else None)
+    x, weight = leaf(x), leaf(weight)
+    pro = tuple(leaf(t) for t in pro)
+    y, mean, var = (t.detach() for t in ops.conv_bn_stats(x, *pro, True, weight, st, pa, di, gr))
+    yield ops.conv_bn_stats, (x, *pro, True, weight, st, pa, di, gr)
+    yield ops.conv_bn_stats, (x, None, None, None, False, weight, st, pa, di, gr)
+    yield ops.conv_bn_stats_backward, (torch.randn_like(y), torch.randn_like(mean), torch.randn_like(var), x.detach(),
+                                       *[t.detach() for t in pro], True, weight.detach(), y, mean, st, pa, di, gr,
+                                       [True, True, True, True, True])
+    yield ops.conv_bn_stats_backward, (torch.randn_like(y), torch.randn_like(mean), torch.randn_like(var), x.detach(),
+                                       None, None, None, False, weight.detach(), y, mean, st, pa, di, gr,
+                                       [True, False, False, False, False])
+    yield ops.bn_finalize, (leaf(vec(6, device)), leaf(vec(6, device)), 1e-5)
+    yield ops.bn_finalize, (leaf(vec(6, device)), None, 1e-3)
+    for with_mean, residual, relu in [(True, "dual", True), (False, "plain", True), (True, "none", False)]:
+        args = bn_act_args((2, 6, 5, 3), device, dt, fmt, with_mean, residual, requires_grad=rg)
+        yield ops.bn_act, (*args, relu)
+        out = ops.bn_act(*args, relu).detach()
+        mask = [a is not None for a in args]
+        yield ops.bn_act_backward, (torch.randn_like(out), out, *[a.detach() if a is not None else None
+                                                                  for a in args], relu, mask)
+    b = leaf(torch.randn(cout, device=device))
+    yo = ref.conv(x.detach(), weight.detach(), None, st, pa, di, gr)
+    r = leaf(act(yo.shape, device, dt, fmt))
+    yield ops.conv_bias_act, (x, weight, b, r, True, st, pa, di, gr)
+    yield ops.conv_bias_act, (x, weight, None, None, False, st, pa, di, gr)
+    out = ops.conv_bias_act(x, weight, b, r, True, st, pa, di, gr).detach()
+    yield ops.conv_bias_act_backward, (torch.randn_like(out), out, x.detach(), weight.detach(), b.detach(), r.detach(),
+                                       True, st, pa, di, gr, [True, True, True, True])
+    rm, rv, nbt = torch.zeros(6, device=device), torch.ones(6, device=device), torch.tensor(0, device=device)
+    yield ops.update_running_stats, (rm, rv, nbt, vec(6, device), vec(6, device), 30, 0.1)
+    yield ops.update_running_stats, (rm, rv, nbt, vec(6, device), vec(6, device), 30, None)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck(fmt, requires_grad, device):
+    seen = set()
+    for op, args in _sample_calls(device, fmt, requires_grad):
+        seen.add(op._name if hasattr(op, "_name") else str(op))
+        torch.library.opcheck(op, args)
+    assert len(seen) == len(ops.__all__)
