@@ -101,16 +101,33 @@ def bn_act_backward(grad_out, out, x, mean, scale, bias, residual, res_mean, res
             -res_scale * dbias if need_rmean else empty(), drscale, dbias.clone() if need_rbias else empty()]
 
 
+def _onednn_fusable(x: Tensor, weight: Tensor) -> bool:
+    """CPU float32 with oneDNN: conv + bias (+ residual) (+ ReLU) as one oneDNN primitive with post-ops."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and torch.backends.mkldnn.is_available() and _ONEDNN_POINTWISE is not None)
+
+
+_ONEDNN_POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+
+
 def conv_bias_act(x, weight, bias, residual, relu, stride, padding, dilation, groups):
     fmt = _fmt(x)
     x = x.contiguous(memory_format=fmt)
+    if _onednn_fusable(x, weight):
+        unary = "relu" if relu else "none"
+        if residual is None:
+            y = _ONEDNN_POINTWISE(x, weight, bias, list(padding), list(stride), list(dilation), groups, unary, [], "")
+        else:
+            res = residual.contiguous(memory_format=fmt)
+            y = _ONEDNN_POINTWISE.binary(x, res, weight, bias, list(padding), list(stride), list(dilation), groups,
+                                         "add", 1.0, "relu" if relu else None, [], "")
+        return y.contiguous(memory_format=fmt)
     y = _conv(x, weight, None, stride, padding, dilation, groups)
     # bias, residual and ReLU in one pass over y.
     shift = bias.to(torch.float64 if y.dtype == torch.float64 else torch.float32) if bias is not None \
         else _vec(y, 0.0)
     res = residual.contiguous(memory_format=_fmt(y)) if residual is not None else None
     return _C.bn_act(y, None, _vec(y, 1.0), shift, res, None, None, None, relu)
-
 
 def conv_bias_act_backward(grad_out, out, x, weight, bias, residual, relu, stride, padding, dilation, groups,
                            output_mask: Sequence[bool]) -> List[Tensor]:

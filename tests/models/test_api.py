@@ -47,7 +47,7 @@ def test_weights_through_torchvision_machinery(monkeypatch):
         calls.append((self, kwargs))
         return source.state_dict()
 
-    monkeypatch.setattr(torchvision.models.Weights, "get_state_dict", fake_get_state_dict)
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", fake_get_state_dict)
     for weights in (tv.ResNet18_Weights.IMAGENET1K_V1, "IMAGENET1K_V1", "DEFAULT"):
         m = resnet_fast.resnet18(weights=weights)
         assert m.fc.out_features == 1000
@@ -55,7 +55,7 @@ def test_weights_through_torchvision_machinery(monkeypatch):
     with pytest.warns(UserWarning):
         resnet_fast.resnet18(pretrained=True)
     assert calls[0][1] == {"progress": True, "check_hash": True}
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError):  # torchvision's own check
         resnet_fast.resnet18(weights=tv.ResNet50_Weights.IMAGENET1K_V1)
     with pytest.raises(ValueError):
         resnet_fast.resnet18(weights=tv.ResNet18_Weights.IMAGENET1K_V1, num_classes=10)
@@ -95,14 +95,46 @@ def test_frozen_batchnorm_from_torchvision():
     torch.testing.assert_close(b(x), a(x), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("bn_kwargs", [
-    {"momentum": None},
-    {"momentum": 0.3, "eps": 1e-3},
-    {"affine": False},
-    {"track_running_stats": False},
-])
-def test_batchnorm_options(bn_kwargs):
-    """nn.BatchNorm2d's semantics for every option, over three steps, train and eval, in float64."""
+BN_OPTIONS = [{"momentum": None}, {"momentum": 0.3, "eps": 1e-3}, {"affine": False},
+              {"track_running_stats": False}]
+
+
+@pytest.mark.parametrize("bn_kwargs", BN_OPTIONS)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_batchnorm_options_block(bn_kwargs, mode):
+    """nn.BatchNorm2d's semantics for every option, in a Bottleneck with a projection shortcut (dual BN),
+    over three steps, in float64: outputs, gradients, running statistics and counters."""
+    norm = functools.partial(nn.BatchNorm2d, **bn_kwargs)
+    down = lambda: nn.Sequential(tv.conv1x1(32, 64, 2), norm(64))  # noqa: E731
+    torch.manual_seed(0)
+    a = tv.Bottleneck(32, 16, stride=2, downsample=down(), norm_layer=norm).double()
+    b = resnet_fast.Bottleneck(32, 16, stride=2, downsample=down(), norm_layer=norm).double()
+    b.load_state_dict(a.state_dict())
+    for m in (a, b):
+        for bn in m.modules():
+            if isinstance(bn, nn.BatchNorm2d) and bn.affine:
+                nn.init.uniform_(bn.weight, 0.5, 1.5), nn.init.uniform_(bn.bias, -0.5, 0.5)
+        getattr(m, mode)()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(4, 32, 12, 12, dtype=torch.float64).relu()
+    for step in range(3):
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ya, yb = a(xa), b(xb)
+        torch.testing.assert_close(yb, ya, rtol=0, atol=1e-10)
+        g = torch.randn_like(ya)
+        ya.backward(g), yb.backward(g)
+        torch.testing.assert_close(xb.grad, xa.grad, rtol=0, atol=1e-10)
+        for (n, p), q in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=1e-9, msg=lambda m, n=n: f"{n}: {m}")
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            torch.testing.assert_close(sb[k], sa[k], rtol=0, atol=1e-12, msg=lambda m, k=k: f"step {step} {k}: {m}")
+
+
+@pytest.mark.parametrize("bn_kwargs", [o for o in BN_OPTIONS if o.get("affine", True)])
+def test_batchnorm_options_model(bn_kwargs):
+    """The same at model level over three SGD steps (torchvision's ResNet needs affine BatchNorm)."""
     norm = functools.partial(nn.BatchNorm2d, **bn_kwargs)
     a = torchvision.models.resnet18(num_classes=10, norm_layer=norm).double()
     b = resnet_fast.resnet18(num_classes=10, norm_layer=norm).double()

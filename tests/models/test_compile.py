@@ -19,11 +19,11 @@ def test_compile_resnet18_fullgraph(mode):
     x = torch.randn(2, 3, 64, 64)
     t = torch.randint(0, 10, (2,))
     results = []
-    for m in (eager, compiled):
+    for m, params in ((eager, eager), (compiled, compiled_model)):
         xi = x.clone().requires_grad_(True)
         loss = F.cross_entropy(m(xi), t)
         loss.backward()
-        results.append((loss.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
+        results.append((loss.detach(), xi.grad, {n: p.grad for n, p in params.named_parameters()}))
     (l0, g0, p0), (l1, g1, p1) = results
     torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-6)
