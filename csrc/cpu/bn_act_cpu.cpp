@@ -233,7 +233,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_act_ba
     const scalar_t* rp = has_res ? residual->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* dxp = mask[0] ? dx.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* drp = mask[3] ? dres.mutable_data_ptr<scalar_t>() : nullptr;
-    // Per (thread, channel), in fp64: sum(g), sum(g*(x-mean)), sum(g*(residual-res_mean)).
+    // Per thread, three rows of C fp64 sums: sum(g), sum(g*(x-mean)), sum(g*(residual-res_mean)).
     std::vector<double> acc(reduce ? threads * C * 3 : 0, 0.0);
     auto run = [&](auto do_relu) {
       auto grad = [&](int64_t i) {
@@ -245,18 +245,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_act_ba
         double* t_acc = reduce ? &acc[at::get_thread_num() * C * 3] : nullptr;
         for (int64_t r = r0; r < r1; ++r) {
           if (l.nhwc) {
+            // One pass over the row: elementwise results and the three per-channel sums.
             const int64_t base = r * C;
-            if (dxp)
-              for (int64_t c = 0; c < C; ++c) dxp[base + c] = static_cast<scalar_t>(grad(base + c) * a[c]);
-            if (drp)
-              for (int64_t c = 0; c < C; ++c) drp[base + c] = static_cast<scalar_t>(grad(base + c) * ra[c]);
-            if (t_acc)
-              for (int64_t c = 0; c < C; ++c) {
-                const double g = grad(base + c);
-                t_acc[c * 3] += g;
-                t_acc[c * 3 + 1] += g * (double(xp[base + c]) - double(m[c]));
-                if (rp) t_acc[c * 3 + 2] += g * (double(rp[base + c]) - double(rm[c]));
+            double* s0 = t_acc;
+            double* s1 = t_acc ? t_acc + C : nullptr;
+            double* s2 = t_acc ? t_acc + 2 * C : nullptr;
+            for (int64_t c = 0; c < C; ++c) {
+              const acc_t g = grad(base + c);
+              if (dxp) dxp[base + c] = static_cast<scalar_t>(g * a[c]);
+              if (drp) drp[base + c] = static_cast<scalar_t>(g * ra[c]);
+              if (s0) {
+                s0[c] += double(g);
+                s1[c] += double(g) * (double(xp[base + c]) - double(m[c]));
+                if (rp) s2[c] += double(g) * (double(rp[base + c]) - double(rm[c]));
               }
+            }
           } else {
             const int64_t c = r % C, base = r * HW;
             const acc_t ac = a[c], rac = ra[c];
@@ -273,9 +276,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_act_ba
                 s1 += g * (double(xp[base + j]) - mc);
                 if (rp) s2 += g * (double(rp[base + j]) - rmc);
               }
-              t_acc[c * 3] += s0;
-              t_acc[c * 3 + 1] += s1;
-              t_acc[c * 3 + 2] += s2;
+              t_acc[c] += s0;
+              t_acc[C + c] += s1;
+              t_acc[2 * C + c] += s2;
             }
           }
         }
@@ -287,10 +290,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_act_ba
     for (int64_t c = 0; c < C; ++c) {
       double s0 = 0, s1 = 0, s2 = 0;
       for (int t = 0; t < threads; ++t) {
-        const double* p = &acc[(t * C + c) * 3];
-        s0 += p[0];
-        s1 += p[1];
-        s2 += p[2];
+        const double* p = &acc[t * C * 3];
+        s0 += p[c];
+        s1 += p[C + c];
+        s2 += p[2 * C + c];
       }
       if (mask[1]) dscale.mutable_data_ptr<acc_t>()[c] = static_cast<acc_t>(s1);
       if (mask[2]) dbias.mutable_data_ptr<acc_t>()[c] = static_cast<acc_t>(s0);
