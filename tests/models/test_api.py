@@ -189,3 +189,37 @@ def test_block_forward_alone():
     torch.testing.assert_close(b(x), a(x), rtol=1e-10, atol=1e-10)
     for (n, p), q in zip(a.named_buffers(), b.buffers()):
         torch.testing.assert_close(q, p, rtol=1e-10, atol=1e-12, msg=n)
+
+
+def test_forward_runs_fused_ops(monkeypatch):
+    """nn.Conv2d / nn.BatchNorm2d are parameter holders on the fused path: never called."""
+    def forbidden(self, *args):
+        raise AssertionError(f"{type(self).__name__}.forward was called")
+
+    model = resnet_fast.resnet50(num_classes=10)
+    monkeypatch.setattr(nn.BatchNorm2d, "forward", forbidden)
+    monkeypatch.setattr(nn.Conv2d, "forward", forbidden)
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()
+    model.eval()
+    model(x)
+
+
+def test_works_without_native_extension():
+    """The package imports and runs on the plain-PyTorch backend when resnet_fast._C is missing."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; sys.modules['resnet_fast._C'] = None\n"
+        "import resnet_fast\n"
+        "info = resnet_fast.backend_info()\n"
+        "assert info['native_extension'] != 'loaded', info\n"
+        "assert set(info['cpu'].values()) == {'reference'}, info\n"
+        "m = resnet_fast.resnet18(num_classes=4)\n"
+        "m(torch.randn(2, 3, 32, 32)).sum().backward()\n"
+        "m.eval(); m(torch.randn(1, 3, 32, 32))\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
