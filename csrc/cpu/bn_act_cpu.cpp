@@ -12,42 +12,13 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include "../bn_act_checks.h"
+
 #include <type_traits>
 #include <vector>
 
 namespace resnet_fast {
 namespace {
-
-struct Layout {
-  int64_t N, C, HW;
-  bool nhwc;
-};
-
-Layout layout_of(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 4, name, " must be 4-D (N, C, H, W), got ", t.dim(), "-D");
-  const bool nchw = t.is_contiguous();
-  const bool nhwc = t.is_contiguous(at::MemoryFormat::ChannelsLast);
-  TORCH_CHECK(nchw || nhwc, name, " must be contiguous or channels_last");
-  return Layout{t.size(0), t.size(1), t.size(2) * t.size(3), !nchw};
-}
-
-void check_same(const at::Tensor& a, const at::Tensor& ref, const Layout& l, const char* name) {
-  TORCH_CHECK(a.sizes() == ref.sizes(), name, " has shape ", a.sizes(), ", expected ", ref.sizes());
-  TORCH_CHECK(a.scalar_type() == ref.scalar_type(), name, " has dtype ", a.scalar_type(), ", expected ",
-              ref.scalar_type());
-  TORCH_CHECK(a.device() == ref.device(), name, " is on ", a.device(), ", expected ", ref.device());
-  const bool ok = l.nhwc ? a.is_contiguous(at::MemoryFormat::ChannelsLast) : a.is_contiguous();
-  TORCH_CHECK(ok, name, " must have the same memory format as the activation");
-}
-
-void check_vec(const at::Tensor& v, int64_t C, at::ScalarType dtype, const char* name) {
-  TORCH_CHECK(v.dim() == 1 && v.size(0) == C, name, " must have shape (", C, "), got ", v.sizes());
-  TORCH_CHECK(v.scalar_type() == dtype, name, " must be ", dtype, ", got ", v.scalar_type());
-  TORCH_CHECK(v.is_contiguous() && v.device().is_cpu(), name, " must be a contiguous CPU tensor");
-}
-
-template <typename scalar_t>
-using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 // Calls body(row_begin, row_end) in parallel over the rows of layout l (see the top of this file).
 template <typename F>
@@ -125,27 +96,11 @@ std::vector<acc_t> vec_or(const std::optional<at::Tensor>& t, int64_t C, acc_t f
   return std::vector<acc_t>(p, p + C);
 }
 
-void check_opt_vec(const std::optional<at::Tensor>& v, int64_t C, at::ScalarType t, const char* name) {
-  if (v) check_vec(*v, C, t, name);
-}
-
 at::Tensor bn_act_cpu(const at::Tensor& x, const std::optional<at::Tensor>& mean, const at::Tensor& scale,
                       const at::Tensor& bias, const std::optional<at::Tensor>& residual,
                       const std::optional<at::Tensor>& res_mean, const std::optional<at::Tensor>& res_scale,
                       const std::optional<at::Tensor>& res_bias, bool relu) {
-  const Layout l = layout_of(x, "x");
-  const auto op_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  check_opt_vec(mean, l.C, op_type, "mean");
-  check_vec(scale, l.C, op_type, "scale");
-  check_vec(bias, l.C, op_type, "bias");
-  const bool dual = res_scale.has_value();
-  TORCH_CHECK(dual == res_bias.has_value(), "res_scale and res_bias must be given together");
-  TORCH_CHECK(!dual || residual.has_value(), "res_scale needs a residual");
-  TORCH_CHECK(!res_mean || dual, "res_mean needs res_scale");
-  if (residual) check_same(*residual, x, l, "residual");
-  check_opt_vec(res_mean, l.C, op_type, "res_mean");
-  check_opt_vec(res_scale, l.C, op_type, "res_scale");
-  check_opt_vec(res_bias, l.C, op_type, "res_bias");
+  const Layout l = check_bn_act_args(x, mean, scale, bias, residual, res_mean, res_scale, res_bias);
   at::Tensor out = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_act_cpu", [&] {
     using acc_t = opmath_t<scalar_t>;
@@ -199,20 +154,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_act_ba
     const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x, const std::optional<at::Tensor>& mean,
     const at::Tensor& scale, const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& res_mean,
     const std::optional<at::Tensor>& res_scale, bool relu, std::array<bool, 5> mask) {
-  const Layout l = layout_of(x, "x");
-  const auto op_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  check_same(grad_out, x, l, "grad_out");
-  check_same(out, x, l, "out");
-  check_opt_vec(mean, l.C, op_type, "mean");
-  check_vec(scale, l.C, op_type, "scale");
+  const Layout l = check_bn_act_backward_args(grad_out, out, x, mean, scale, residual, res_mean, res_scale, mask);
   const bool has_res = residual.has_value();
-  const bool dual = res_scale.has_value();
-  if (has_res) check_same(*residual, x, l, "residual");
-  check_opt_vec(res_mean, l.C, op_type, "res_mean");
-  check_opt_vec(res_scale, l.C, op_type, "res_scale");
-  TORCH_CHECK(!(mask[3] || mask[4]) || has_res, "residual gradients requested without a residual");
-  TORCH_CHECK(!mask[4] || dual, "res_scale gradient requested without res_scale");
-
   auto vec_opts = scale.options();
   at::Tensor dx = mask[0] ? at::empty_like(x) : at::empty({0}, x.options());
   at::Tensor dscale = at::empty({mask[1] ? l.C : 0}, vec_opts);

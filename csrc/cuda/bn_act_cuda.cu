@@ -16,6 +16,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "../bn_act_checks.h"
+
 #include <type_traits>
 
 namespace resnet_fast {
@@ -23,41 +25,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kSplits = 64;
-
-template <typename scalar_t>
-using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-struct Layout {
-  int64_t N, C, HW;
-  bool nhwc;
-  __host__ __device__ int64_t channel(int64_t i) const { return nhwc ? i % C : (i / HW) % C; }
-  // Index of the m-th element (m in [0, N*HW)) of channel c.
-  __host__ __device__ int64_t index(int64_t c, int64_t m) const {
-    return nhwc ? m * C + c : ((m / HW) * C + c) * HW + m % HW;
-  }
-};
-
-Layout layout_of(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 4, name, " must be 4-D (N, C, H, W), got ", t.dim(), "-D");
-  const bool nchw = t.is_contiguous();
-  TORCH_CHECK(nchw || t.is_contiguous(at::MemoryFormat::ChannelsLast), name,
-              " must be contiguous or channels_last");
-  return Layout{t.size(0), t.size(1), t.size(2) * t.size(3), !nchw};
-}
-
-void check_same(const at::Tensor& a, const at::Tensor& ref, const Layout& l, const char* name) {
-  TORCH_CHECK(a.sizes() == ref.sizes() && a.scalar_type() == ref.scalar_type() && a.device() == ref.device(),
-              name, " must match the activation's shape, dtype and device");
-  TORCH_CHECK(l.nhwc ? a.is_contiguous(at::MemoryFormat::ChannelsLast) : a.is_contiguous(), name,
-              " must have the same memory format as the activation");
-}
-
-void check_vec(const at::Tensor& v, const at::Tensor& x, int64_t C, const char* name) {
-  const auto op_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(v.dim() == 1 && v.size(0) == C && v.scalar_type() == op_type && v.is_contiguous() &&
-                  v.device() == x.device(),
-              name, " must be a contiguous (", C, ") ", op_type, " vector on ", x.device());
-}
 
 __device__ double block_sum(double v, double* smem) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffff, v, o);
@@ -200,10 +167,6 @@ ChannelAffine<acc_t> affine_of(const std::optional<at::Tensor>& mean, const std:
           bias ? bias->const_data_ptr<acc_t>() : nullptr};
 }
 
-void check_opt_vec(const std::optional<at::Tensor>& v, const at::Tensor& x, int64_t C, const char* name) {
-  if (v) check_vec(*v, x, C, name);
-}
-
 int elementwise_blocks(int64_t numel) {
   return static_cast<int>(std::min<int64_t>((numel + kThreads - 1) / kThreads, 65535));
 }
@@ -234,19 +197,9 @@ at::Tensor bn_act_cuda(const at::Tensor& x, const std::optional<at::Tensor>& mea
                        const at::Tensor& bias, const std::optional<at::Tensor>& residual,
                        const std::optional<at::Tensor>& res_mean, const std::optional<at::Tensor>& res_scale,
                        const std::optional<at::Tensor>& res_bias, bool relu) {
-  const Layout l = layout_of(x, "x");
+  const Layout l = check_bn_act_args(x, mean, scale, bias, residual, res_mean, res_scale, res_bias);
   c10::cuda::CUDAGuard guard(x.device());
-  check_opt_vec(mean, x, l.C, "mean");
-  check_vec(scale, x, l.C, "scale");
-  check_vec(bias, x, l.C, "bias");
   const bool dual = res_scale.has_value();
-  TORCH_CHECK(dual == res_bias.has_value(), "res_scale and res_bias must be given together");
-  TORCH_CHECK(!dual || residual.has_value(), "res_scale needs a residual");
-  TORCH_CHECK(!res_mean || dual, "res_mean needs res_scale");
-  if (residual) check_same(*residual, x, l, "residual");
-  check_opt_vec(res_mean, x, l.C, "res_mean");
-  check_opt_vec(res_scale, x, l.C, "res_scale");
-  check_opt_vec(res_bias, x, l.C, "res_bias");
   at::Tensor out = at::empty_like(x);
   const int64_t numel = x.numel();
   if (numel == 0) return out;
@@ -266,17 +219,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_act_ba
     const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& x, const std::optional<at::Tensor>& mean,
     const at::Tensor& scale, const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& res_mean,
     const std::optional<at::Tensor>& res_scale, bool relu, std::array<bool, 5> mask) {
-  const Layout l = layout_of(x, "x");
+  const Layout l = check_bn_act_backward_args(grad_out, out, x, mean, scale, residual, res_mean, res_scale, mask);
   c10::cuda::CUDAGuard guard(x.device());
-  check_same(grad_out, x, l, "grad_out");
-  check_same(out, x, l, "out");
-  check_opt_vec(mean, x, l.C, "mean");
-  check_vec(scale, x, l.C, "scale");
-  if (residual) check_same(*residual, x, l, "residual");
-  check_opt_vec(res_mean, x, l.C, "res_mean");
-  check_opt_vec(res_scale, x, l.C, "res_scale");
-  TORCH_CHECK(!(mask[3] || mask[4]) || residual.has_value(), "residual gradients requested without a residual");
-  TORCH_CHECK(!mask[4] || res_scale.has_value(), "res_scale gradient requested without res_scale");
   auto vec_opts = scale.options();
   at::Tensor dx = mask[0] ? at::empty_like(x) : at::empty({0}, x.options());
   at::Tensor dscale = at::empty({mask[1] ? l.C : 0}, vec_opts);
