@@ -126,10 +126,11 @@ def compare_with_torchvision(arch, x, steps=2, num_classes=10, fast_input=None, 
     return fast, tv
 
 
-# The largest models run at 32x32 (layer4 is then 1x1 and its batch statistics use 2 values) to keep
-# the suite within minutes; every block type and width still runs.
-SIZE = {"wide_resnet101_2": 32, "resnext101_32x8d": 32, "resnext101_64x4d": 32, "wide_resnet50_2": 32,
-        "resnet152": 32}
+# The largest models run at 48x48 to keep the suite within minutes (layer4 is still 2x2, as at 64x64;
+# at 32x32 it is 1x1 and BatchNorm over 2 values is so ill-conditioned that even float64 runs differ
+# by 1e-5).
+SIZE = {"wide_resnet101_2": 48, "resnext101_32x8d": 48, "resnext101_64x4d": 48, "wide_resnet50_2": 48,
+        "resnet152": 48}
 
 
 @pytest.mark.parametrize("arch", BUILDERS)
