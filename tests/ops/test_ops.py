@@ -170,7 +170,7 @@ def test_update_running_stats_matches_batchnorm(momentum, device):
 def _sample_calls(device, fmt, requires_grad):
     dt = torch.float32
     rg = requires_grad
-    n, cin, h, w, cout, k, s, p, d, g = CONVS[2]
+    cout = CONVS[2][4]
     x, pro, weight, st, pa, di, gr = conv_args(CONVS[2], device, dt, fmt, True)
     leaf = (lambda t: t.requires_grad_(rg) if t is not None else None)
     x, weight = leaf(x), leaf(weight)
