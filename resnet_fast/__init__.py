@@ -20,10 +20,12 @@ from .builders import (
     wide_resnet50_2,
     wide_resnet101_2,
 )
+from .inference import InferenceResNet, optimize_for_inference
 from .resnet import BasicBlock, Bottleneck, ResNet
 
 __version__ = "0.1.0"
 __all__ = [
+    "optimize_for_inference", "InferenceResNet",
     "ResNet", "BasicBlock", "Bottleneck", "backend_info", "from_torchvision", "resnet18", "resnet34", "resnet50",
     "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
     "wide_resnet101_2",

@@ -1,0 +1,286 @@
+"""optimize_for_inference: a ResNet frozen into folded convolutions, for fixed input shapes.
+
+    fast = resnet_fast.optimize_for_inference(model, dtype=torch.bfloat16, cuda_graph=True)
+    logits = fast(images)        # (N, 3, H, W), any floating dtype, on the model's device -> (N, classes) in dtype
+
+Once, at construction:
+  * every conv -> BatchNorm pair becomes one conv with the BatchNorm folded in from its running
+    statistics, W' = W * gamma/sqrt(rv + eps) per output channel, b' = beta - rm * gamma/sqrt(rv + eps)
+    (reference.fold_bn: float64 math), then cast to `dtype` and laid out channels_last;
+  * each runs as ops.conv_bias_act, bias + residual add + ReLU in the conv's epilogue; fc's weight is
+    cast to `dtype` as well. Nothing is folded or cast per call.
+Per call the input is copied once into `dtype`, channels_last. On CUDA with cuda_graph=True the whole
+forward is captured as a CUDA graph at the first call with a new input shape (after warm-up runs on a
+side stream, which also keep Triton autotuning out of the capture) and replayed afterwards. The first
+`max_graphs` shapes get a graph; any further shape runs the same ops eagerly, without capture (no
+eviction, so a stream of changing shapes never pays for captures over and over). Each call returns a
+fresh tensor, never the graph's static output.
+
+Staleness: the result keeps references to the source model's tensors (it copies no module). With
+track_updates=True (the default) every call compares the storage pointer and version counter of each
+source tensor with those it folded from and refolds what changed, in place into the same buffers, so
+captured graphs stay valid: optimizer steps, load_state_dict and the running-statistics updates of
+training-mode forward passes are all picked up. Edits through `.data` bypass version counters: call
+`refresh()` after one. With track_updates=False the result is a snapshot until `refresh()`.
+
+It computes what model.eval() computes (running statistics) whatever the source model's mode; the
+source model itself is not modified. Moving the source model to another device after this call is
+an error at the next call (optimize it again instead).
+"""
+
+from collections import OrderedDict
+from typing import List, NamedTuple, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import resnet as tv
+from torchvision.ops import FrozenBatchNorm2d
+
+from . import ops, reference
+from .builders import from_torchvision
+from .resnet import BasicBlock, Bottleneck, ResNet
+
+__all__ = ["optimize_for_inference", "InferenceResNet"]
+
+_WARMUP_RUNS = 2
+
+
+class _Frozen:
+    """Tensors derived once from source tensors; `stale()` says when the sources changed since."""
+
+    def sources(self) -> List[Tensor]:
+        raise NotImplementedError
+
+    def _state(self):
+        return tuple((t.data_ptr(), t._version) for t in self.sources())
+
+    def stale(self) -> bool:
+        return self._state() != self._key
+
+    def refold(self) -> None:
+        for t in self.sources():
+            if t.device != self.device:
+                raise RuntimeError(f"the source model's {self.name} is now on {t.device}, but it was optimized for "
+                                   f"{self.device}; call optimize_for_inference again after moving a model")
+        with torch.no_grad():
+            self._fill()
+        self._key = self._state()
+
+
+class _FoldedConv(_Frozen):
+    """conv -> BatchNorm as one conv_bias_act: W' [Cout, Cin/g, R, S] channels_last and b' [Cout], in dtype."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.Module, dtype: torch.dtype, name: str):
+        self.conv, self.bn, self.name, self.device = conv, bn, name, conv.weight.device
+        self.args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+        w = conv.weight
+        self.weight = torch.empty(w.shape, dtype=dtype, device=self.device, memory_format=torch.channels_last)
+        self.bias = torch.empty(w.shape[0], dtype=dtype, device=self.device)
+        self.refold()
+
+    def sources(self) -> List[Tensor]:
+        bn = self.bn
+        return [t for t in (self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
+
+    def _state(self):
+        return super()._state() + (self.bn.eps,)
+
+    def _fill(self) -> None:
+        bn = self.bn
+        w, b = reference.fold_bn(self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+        self.weight.copy_(w)
+        self.bias.copy_(b)
+
+    def __call__(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = True) -> Tensor:
+        return ops.conv_bias_act(x, self.weight, self.bias, residual, relu, *self.args)
+
+
+class _CastLinear(_Frozen):
+    """nn.Linear with weight [out, in] and bias [out] cast to dtype once."""
+
+    def __init__(self, fc: nn.Linear, dtype: torch.dtype, name: str):
+        self.fc, self.name, self.device = fc, name, fc.weight.device
+        self.weight = torch.empty(fc.weight.shape, dtype=dtype, device=self.device)
+        self.bias = None if fc.bias is None else torch.empty(fc.bias.shape, dtype=dtype, device=self.device)
+        self.refold()
+
+    def sources(self) -> List[Tensor]:
+        return [t for t in (self.fc.weight, self.fc.bias) if t is not None]
+
+    def _fill(self) -> None:
+        self.weight.copy_(self.fc.weight)
+        if self.bias is not None:
+            self.bias.copy_(self.fc.bias)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class _Block(NamedTuple):
+    units: List[_FoldedConv]                          # conv-BN-ReLU chain; the last one adds the shortcut
+    shortcut: Union[None, _FoldedConv, nn.Module]     # None: identity; a folded projection; a parameterless module
+    residual: bool                                    # False: the paper's "plain" block, nothing added
+
+
+def _foldable(conv: nn.Module, bn: nn.Module, name: str) -> None:
+    if type(conv) is not nn.Conv2d or conv.bias is not None or conv.padding_mode != "zeros" \
+            or not isinstance(conv.padding, tuple):
+        raise TypeError(f"optimize_for_inference: {name} must be a bias-free nn.Conv2d with numeric zero padding, "
+                        f"got {conv!r}")
+    if type(bn) is nn.BatchNorm2d:
+        if bn.running_mean is None or bn.running_var is None:
+            raise ValueError(f"optimize_for_inference: {name}'s BatchNorm2d has no running statistics "
+                             f"(track_running_stats=False), so there is nothing to fold")
+    elif type(bn) is not FrozenBatchNorm2d:
+        raise TypeError(f"optimize_for_inference: {name} must be followed by nn.BatchNorm2d or FrozenBatchNorm2d, "
+                        f"got {type(bn).__name__}")
+
+
+def _fold(conv: nn.Module, bn: nn.Module, dtype: torch.dtype, name: str) -> _FoldedConv:
+    _foldable(conv, bn, name)
+    return _FoldedConv(conv, bn, dtype, name)
+
+
+def _plan_block(block: nn.Module, dtype: torch.dtype, name: str) -> _Block:
+    if type(block) not in (BasicBlock, Bottleneck) or type(block.relu) is not nn.ReLU:
+        raise TypeError(f"optimize_for_inference: {name} is a {type(block).__name__}; only torchvision's / "
+                        f"resnet_fast's BasicBlock and Bottleneck with nn.ReLU are supported")
+    units = [_fold(c, b, dtype, f"{name}.conv{i + 1}") for i, (c, b) in enumerate(block._units())]
+    ds = block.downsample
+    if ds is None:
+        shortcut = None
+    elif isinstance(ds, nn.Sequential) and len(ds) == 2:
+        shortcut = _fold(ds[0], ds[1], dtype, f"{name}.downsample")
+    elif not any(True for _ in ds.parameters()) and not any(True for _ in ds.buffers()):
+        shortcut = ds  # e.g. the paper's option A (zero-padded identity): nothing to fold or cast
+    else:
+        raise TypeError(f"optimize_for_inference: {name}.downsample must be conv + BatchNorm or parameter-free, "
+                        f"got {ds!r}")
+    return _Block(units, shortcut, bool(getattr(block, "residual", True)))
+
+
+class InferenceResNet(nn.Module):
+    """The result of optimize_for_inference (see the module docstring). It registers no parameters
+    and cannot be moved or cast: optimize the source model again for another device or dtype."""
+
+    def __init__(self, model: ResNet, dtype: torch.dtype, cuda_graph: bool, max_graphs: int, track_updates: bool):
+        super().__init__()
+        self.__dict__["source"] = model  # not a submodule: no second copy in state_dict(), .to() etc.
+        self.dtype, self.track_updates, self.max_graphs = dtype, track_updates, max_graphs
+        self.device = model.conv1.weight.device
+        self.in_channels = model.conv1.in_channels
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        if type(model.relu) is not nn.ReLU:
+            raise TypeError(f"optimize_for_inference: the stem's activation must be nn.ReLU, got {model.relu!r}")
+        self.stem = _fold(model.conv1, model.bn1, dtype, "conv1")
+        self.blocks = [_plan_block(b, dtype, f"{lname}.{i}") for lname in ("layer1", "layer2", "layer3", "layer4")
+                       for i, b in enumerate(getattr(model, lname))]
+        self.pools = (model.maxpool, model.avgpool)
+        for pool in self.pools:
+            if any(True for _ in pool.parameters()):
+                raise TypeError(f"optimize_for_inference: pooling must be parameter-free, got {pool!r}")
+        # fc: nn.Linear is cast once; any other head (nn.Identity, a custom Sequential) runs as is.
+        self.head = _CastLinear(model.fc, dtype, "fc") if type(model.fc) is nn.Linear else model.fc
+        self._frozen: List[_Frozen] = [self.stem, *(u for b in self.blocks for u in b.units),
+                                       *(b.shortcut for b in self.blocks if isinstance(b.shortcut, _FoldedConv)),
+                                       *([self.head] if isinstance(self.head, _CastLinear) else [])]
+        self._graphs: "OrderedDict[Tuple[int, ...], Tuple[torch.cuda.CUDAGraph, Tensor, Tensor]]" = OrderedDict()
+
+    @property
+    def graph_shapes(self) -> List[Tuple[int, ...]]:
+        """Input shapes that have a captured CUDA graph, in capture order."""
+        return list(self._graphs)
+
+    def refresh(self) -> None:
+        """Refolds every conv and recasts fc from the source model's current tensors, in place."""
+        for f in self._frozen:
+            f.refold()
+
+    def _apply(self, fn, recurse=True):
+        raise RuntimeError("an InferenceResNet is fixed to the device and dtype it was built for; move or cast the "
+                           "source model and call optimize_for_inference again")
+
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"input must have shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"input must be floating point (it is converted to {self.dtype}), got {x.dtype}")
+        if x.device != self.device:
+            raise RuntimeError(f"input is on {x.device} but the optimized model is on {self.device}")
+
+    def _run(self, x: Tensor) -> Tensor:
+        """The folded forward on x already in dtype, channels_last."""
+        maxpool, avgpool = self.pools
+        x = maxpool(self.stem(x))
+        for units, shortcut, residual in self.blocks:
+            r = None if not residual else x if shortcut is None else \
+                shortcut(x, relu=False) if isinstance(shortcut, _FoldedConv) else shortcut(x)
+            a = x
+            for unit in units[:-1]:
+                a = unit(a)
+            x = units[-1](a, residual=r)
+        x = torch.flatten(avgpool(x), 1)
+        return self.head(x)
+
+    def _capture(self, x: Tensor):
+        static_in = torch.empty(x.shape, dtype=self.dtype, device=self.device,
+                                memory_format=torch.channels_last)
+        static_in.copy_(x)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(_WARMUP_RUNS):  # allocations, cuDNN / Triton autotuning: outside the capture
+                self._run(static_in)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self._run(static_in)
+        return graph, static_in, static_out
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        if self.track_updates:
+            for f in self._frozen:
+                if f.stale():
+                    f.refold()
+        with torch.no_grad():
+            key = tuple(x.shape)
+            use_graph = self.cuda_graph and x.shape[0] > 0 and \
+                (key in self._graphs or len(self._graphs) < self.max_graphs)
+            if not use_graph:
+                return self._run(x.to(self.dtype).contiguous(memory_format=torch.channels_last))
+            if key not in self._graphs:
+                self._graphs[key] = self._capture(x)
+            graph, static_in, static_out = self._graphs[key]
+            static_in.copy_(x)
+            graph.replay()
+            return static_out.clone()
+
+    def extra_repr(self) -> str:
+        return (f"dtype={self.dtype}, device={self.device}, cuda_graph={self.cuda_graph}, "
+                f"max_graphs={self.max_graphs}, track_updates={self.track_updates}")
+
+
+def optimize_for_inference(model: nn.Module, dtype: Optional[torch.dtype] = None, cuda_graph: bool = True,
+                           max_graphs: int = 4, track_updates: bool = True) -> InferenceResNet:
+    """A folded, cast-once, optionally CUDA-graphed inference version of `model` (module docstring).
+
+    model: a resnet_fast.ResNet or a torchvision ResNet (converted with from_torchvision, sharing its
+    tensors). dtype: the compute dtype (default: the model's; e.g. torch.bfloat16 on a GPU).
+    cuda_graph: capture and replay CUDA graphs per input shape (CUDA only; ignored on CPU).
+    max_graphs: how many input shapes get a graph; later shapes run eagerly."""
+    if isinstance(model, tv.ResNet) and not isinstance(model, ResNet):
+        model = from_torchvision(model)
+    if not isinstance(model, ResNet) or type(model)._forward_impl is not ResNet._forward_impl \
+            or type(model).forward is not tv.ResNet.forward:
+        raise TypeError(f"optimize_for_inference expects a resnet_fast or torchvision ResNet with the standard "
+                        f"forward, got {type(model).__name__}")
+    dtype = model.conv1.weight.dtype if dtype is None else dtype
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    if not isinstance(max_graphs, int) or max_graphs < 0:
+        raise ValueError(f"max_graphs must be a non-negative int, got {max_graphs!r}")
+    return InferenceResNet(model, dtype, bool(cuda_graph), max_graphs, bool(track_updates))
