@@ -17,7 +17,7 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import ops, reference
+from . import ops, reference, sync_bn
 
 _FOLD_ATTR = "_resnet_fast_folded"
 
@@ -49,9 +49,11 @@ def uses_batch_stats(bn: nn.BatchNorm2d) -> bool:
 
 
 def is_fusable(conv: nn.Module, bn: nn.Module) -> bool:
-    """Only plain nn.Conv2d (no bias, zero padding) followed by a plain nn.BatchNorm2d fuse."""
+    """Only plain nn.Conv2d (no bias, zero padding) followed by a plain nn.BatchNorm2d (or nn.SyncBatchNorm /
+    sync_bn.SyncBatchNorm2d: statistics over all processes) fuse."""
     return (type(conv) is nn.Conv2d and conv.bias is None and conv.padding_mode == "zeros"
-            and isinstance(conv.padding, tuple) and type(bn) is nn.BatchNorm2d)
+            and isinstance(conv.padding, tuple)
+            and type(bn) in (nn.BatchNorm2d, nn.SyncBatchNorm, sync_bn.SyncBatchNorm2d))
 
 
 def _conv_args(conv: nn.Conv2d):
@@ -100,6 +102,7 @@ def conv_bn(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, updates
     y, mean, var = ops.conv_bn_stats(a.y, a.mean, a.scale, a.bias, a.relu, conv.weight, stride, padding, dilation,
                                      groups)
     count = y.numel() // y.shape[1]
+    mean, var, count = sync_bn.synchronize(bn, mean, var, count)  # all ranks' statistics for SyncBatchNorm
     if count <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(y.shape)}")
     if bn.training and bn.track_running_stats and bn.running_mean is not None:

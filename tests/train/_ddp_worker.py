@@ -1,0 +1,78 @@
+"""One process of the 2-process gloo test (tests/train/test_ddp.py): a DDP step of a float64 resnet18.
+
+    python _ddp_worker.py RANK WORLD INIT_FILE OUT_FILE
+
+Runs three cases, each from the same initial weights: "sync" (resnet_fast.convert_sync_batchnorm
++ DDP, uneven shards of SIZES samples, loss = per-rank sum of cross-entropy * world / total, so
+DDP's gradient average is the mean loss over the whole batch), "torch_sync" (the same with
+nn.SyncBatchNorm.convert_sync_batchnorm; DDP refuses nn.SyncBatchNorm on CPU, so gradients are
+averaged by hand as DDP would) and "local" (plain DDP, even shards, per-rank mean loss). Saves the
+parameter gradients, buffers and logits of each case to OUT_FILE.
+"""
+
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+import resnet_fast
+from resnet_fast import sync_bn
+
+SIZES = {"sync": (5, 3), "torch_sync": (5, 3), "local": (4, 4)}
+NUM_CLASSES = 5
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return resnet_fast.resnet18(num_classes=NUM_CLASSES).double()
+
+
+def make_batch():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 3, 16, 16, generator=g, dtype=torch.float64)
+    return x, torch.randint(0, NUM_CLASSES, (8,), generator=g)
+
+
+def shard(t: torch.Tensor, case: str, rank: int) -> torch.Tensor:
+    return t.split(SIZES[case])[rank]
+
+
+def run_case(case: str, rank: int, world: int) -> dict:
+    model = make_model()
+    if case == "sync":
+        model = sync_bn.convert_sync_batchnorm(model)
+    elif case == "torch_sync":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    runner = model if case == "torch_sync" else DistributedDataParallel(model)
+    x, y = make_batch()
+    xs, ys = shard(x, case, rank), shard(y, case, rank)
+    logits = runner(xs)
+    if case == "local":
+        loss = F.cross_entropy(logits, ys)
+    else:
+        loss = F.cross_entropy(logits, ys, reduction="sum") * world / x.shape[0]
+    loss.backward()
+    if case == "torch_sync":
+        for p in model.parameters():
+            dist.all_reduce(p.grad)
+            p.grad /= world
+    return {"grads": {n: p.grad.clone() for n, p in model.named_parameters()},
+            "buffers": {n: b.clone() for n, b in model.named_buffers()},
+            "logits": logits.detach().clone(),
+            "types": sorted({type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__})}
+
+
+def main() -> None:
+    rank, world, init_file, out_file = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.save({case: run_case(case, rank, world) for case in SIZES}, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
