@@ -14,7 +14,7 @@ import torch
 import torchvision
 
 import resnet_fast
-from conftest import environment
+from harness import environment
 
 
 def main():

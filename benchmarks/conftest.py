@@ -1,60 +1,29 @@
-"""Shared setup for `pytest benchmarks/ --benchmark-only`: the device, its sizes, timing helpers."""
+"""pytest setup for `pytest benchmarks/ --benchmark-only`: harness importable, the environment and
+the device's measured limits in the JSON's machine_info, device memory released between cases."""
 
-import datetime
-import platform
+import gc
+import os
+import sys
 
 import pytest
 import torch
 
-import resnet_fast
-
-CUDA = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if CUDA else "cpu")
-# Inference: (batch, image size); training step: (batch, image size). CPU sizes finish in minutes.
-INFER_SHAPE = (64, 224) if CUDA else (8, 224)
-TRAIN_SHAPE = (64, 224) if CUDA else (4, 160)
-DTYPE = torch.bfloat16 if CUDA else torch.float32
-
-_medians = {}
+sys.path.insert(0, os.path.dirname(__file__))
+import harness  # noqa: E402
 
 
-def sync():
-    if CUDA:
-        torch.cuda.synchronize()
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["resnet_fast"] = {**harness.environment(), "backend": harness.backend_summary(),
+                                   "device_limits": harness.device_limits()}
 
 
-def environment():
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    return {
-        "device": torch.cuda.get_device_name() if CUDA else (platform.processor() or platform.machine()),
-        "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "resnet_fast_backend": resnet_fast.backend_info(),
-        "date": datetime.date.today().isoformat(),
-    }
+def pytest_report_header(config):
+    return f"resnet_fast benchmarks: {harness.BENCH_SET} set on {harness.device_name()}, dtype {harness.DTYPE}"
 
 
-def record(benchmark, key, impl, images):
-    """extra_info: images/s from the median, speedup over torchvision eager (timed first), memory."""
-    median = benchmark.stats.stats.median
-    _medians[(key, impl)] = median
-    info = benchmark.extra_info
-    info.update(environment())
-    info["impl"] = impl
-    info["images_per_s"] = images / median
-    base = _medians.get((key, "torchvision"))
-    if base is not None:
-        info["speedup_vs_torchvision"] = base / median
-    if CUDA:
-        info["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
-
-
-@pytest.fixture
-def device():
-    return DEVICE
+@pytest.fixture(autouse=True)
+def _release_memory():
+    yield
+    gc.collect()
+    if harness.CUDA:
+        torch.cuda.empty_cache()
