@@ -3,15 +3,18 @@
 Backends (each a module with functions named after the ops it implements):
   reference  resnet_fast/reference.py: plain PyTorch, every op, every device;
   native     resnet_fast/backends/native.py: the C++ (CPU) / CUDA C++ kernels of resnet_fast._C for
-             the memory-bound parts, aten for the convolution itself.
+             the memory-bound parts, aten for the convolution itself;
+  triton     resnet_fast/backends/gpu: Triton kernels (implicit-GEMM conv with the BN prologue and
+             statistics / bias-residual-ReLU epilogues, BN apply and backward passes).
 An op a backend does not implement falls back to the reference.
 
-Choice, per device type, made once at import unless RESNET_FAST_BACKEND overrides it:
-  cpu   native when resnet_fast._C loaded, else reference;
-  cuda  reference for now: the CUDA C++ kernels compile in CI but have not yet run on a GPU, so
-        they serve only when asked for (RESNET_FAST_BACKEND=native);
+Choice, per device type, made on first use unless RESNET_FAST_BACKEND overrides it:
+  cpu   native when resnet_fast._C loaded, else reference (triton only when asked for and
+        TRITON_INTERPRET=1: the interpreter, for tests);
+  cuda  triton when triton imports and the GPU is sm_80 or newer, else native if built, else
+        reference. The CUDA C++ kernels compile in CI but have not yet run on a GPU.
   other reference.
-RESNET_FAST_BACKEND=reference|native|auto (default auto).
+RESNET_FAST_BACKEND=reference|native|triton|auto (default auto).
 """
 
 import os
@@ -29,7 +32,17 @@ try:
 except ImportError as e:  # built with RESNET_FAST_SKIP_BUILD=1, or not built at all
     _NATIVE_ERROR = f"{type(e).__name__}: {e}"
 
-_BACKENDS = ("reference", "native")
+_BACKENDS = ("reference", "native", "triton")
+
+
+def _triton_supports(device_type: str) -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    if device_type == "cpu":
+        return os.environ.get("TRITON_INTERPRET") == "1"
+    return device_type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
 
 
 def _native_supports(device_type: str) -> bool:
@@ -45,12 +58,17 @@ def _choose(device_type: str) -> str:
         raise ValueError(f"RESNET_FAST_BACKEND must be one of auto, {', '.join(_BACKENDS)}; got {wanted!r}")
     if wanted == "reference":
         return "reference"
+    if wanted == "triton" or (wanted == "auto" and device_type == "cuda"):
+        if _triton_supports(device_type):
+            return "triton"
+        if wanted == "triton":
+            warnings.warn(f"resnet_fast: the Triton backend cannot serve {device_type} (needs triton, and a GPU "
+                          "of compute capability 8.0+, or TRITON_INTERPRET=1 on CPU); using the reference backend")
+            return "reference"
     if device_type not in ("cpu", "cuda") or not _native_supports(device_type):
         if wanted == "native":
             warnings.warn(f"resnet_fast: native kernels unavailable on {device_type} "
                           f"({_NATIVE_ERROR or 'not built for this device'}); using the reference backend")
-        return "reference"
-    if device_type == "cuda" and wanted == "auto":
         return "reference"
     return "native"
 
@@ -69,6 +87,10 @@ def _module(name: str):
         from .backends import native
 
         return native
+    if name == "triton":
+        from .backends import gpu
+
+        return gpu
     return reference
 
 
@@ -84,7 +106,8 @@ def backend_info() -> Dict[str, object]:
     ops = ["conv_bn_stats", "conv_bn_stats_backward", "bn_finalize", "update_running_stats", "bn_act",
            "bn_act_backward", "conv_bias_act", "conv_bias_act_backward"]
     info: Dict[str, object] = {"native_extension": _NATIVE_ERROR or "loaded",
-                               "native_cuda_kernels": _native_supports("cuda")}
+                               "native_cuda_kernels": _native_supports("cuda"),
+                               "triton_interpreter": os.environ.get("TRITON_INTERPRET") == "1"}
     for dev in devices:
         name = backend_name(dev)
         mod = _module(name)

@@ -5,6 +5,11 @@ import sys
 import pytest
 import torch
 
+# Without a GPU, Triton kernels run under the interpreter (numpy, on CPU tensors). Triton reads the
+# variable when @triton.jit decorates a kernel, i.e. when resnet_fast's Triton backend is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 sys.path.insert(0, os.path.dirname(__file__))  # for `helpers`
 
 CUDA = torch.cuda.is_available()

@@ -122,9 +122,12 @@ def test_conv_bn_stats_gradcheck(case, fmt, prologue, device):
 
 
 @pytest.mark.parametrize("with_mean,residual,relu", BN_ACT_CASES)
-def test_bn_act_gradcheck(with_mean, residual, relu, device):
+def test_bn_act_gradcheck(with_mean, residual, relu, device, backend):
     args = bn_act_args((2, 3, 4, 5), device, torch.float64, CL, with_mean, residual, requires_grad=True)
-    torch.autograd.gradcheck(lambda *a: ops.bn_act(*a, relu), args, eps=1e-6, atol=1e-5, rtol=1e-4)
+    # The interpreted Triton backend takes ~10 s per full gradcheck; fast mode (random projections)
+    # checks the same Jacobian there.
+    fast = backend == "triton" and device == "cpu"
+    torch.autograd.gradcheck(lambda *a: ops.bn_act(*a, relu), args, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=fast)
 
 
 def test_bn_finalize_gradcheck(device):
@@ -208,7 +211,9 @@ def _sample_calls(device, fmt, requires_grad):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(fmt, requires_grad, device):
+def test_opcheck(fmt, requires_grad, device, backend):
+    if backend == "triton" and device == "cpu" and not (requires_grad and fmt is CL):
+        pytest.skip("interpreted Triton: opcheck runs once, channels_last with autograd (~25 s)")
     seen = set()
     for op, args in _sample_calls(device, fmt, requires_grad):
         seen.add(op._name if hasattr(op, "_name") else str(op))
