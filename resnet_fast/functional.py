@@ -94,13 +94,18 @@ def conv_bn(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, updates
 
     With a residual, the block end: act(bn(conv(a)) + residual) is materialized in one pass."""
     stride, padding, dilation, groups = _conv_args(conv)
+    cast = autocast_dtype(a.y)
     if not uses_batch_stats(bn):
-        x = materialize(a)
+        x = _cast(materialize(a), cast)
         w, b = folded(conv, bn, x)
-        res = materialize(residual) if residual is not None else None
+        res = _cast(materialize(residual), x.dtype) if residual is not None else None
+        w, b = _cast(w, x.dtype), _cast(b, x.dtype)
         return Pending(ops.conv_bias_act(x, w, b, res, relu, stride, padding, dilation, groups))
-    y, mean, var = ops.conv_bn_stats(a.y, a.mean, a.scale, a.bias, a.relu, conv.weight, stride, padding, dilation,
-                                     groups)
+    x = _cast(a.y, cast)
+    y, mean, var = ops.conv_bn_stats(x, a.mean, a.scale, a.bias, a.relu, _cast(conv.weight, x.dtype), stride, padding,
+                                     dilation, groups)
+    if residual is not None:
+        residual = residual._replace(y=_cast(residual.y, y.dtype))
     count = y.numel() // y.shape[1]
     mean, var, count = sync_bn.synchronize(bn, mean, var, count)  # all ranks' statistics for SyncBatchNorm
     if count <= 1:
@@ -115,6 +120,19 @@ def conv_bn(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, updates
         return Pending(ops.bn_act(y, mean, scale, bias, residual.y, None, None, None, relu))
     torch._check(not residual.relu, lambda: "a pending residual must not carry a ReLU")
     return Pending(ops.bn_act(y, mean, scale, bias, residual.y, residual.mean, residual.scale, residual.bias, relu))
+
+
+def autocast_dtype(t: Tensor) -> Optional[torch.dtype]:
+    """The dtype torch.autocast would run a convolution of t in, or None (autocast off, float64)."""
+    dev = t.device.type
+    if dev not in ("cpu", "cuda") or t.dtype == torch.float64 or not torch.is_autocast_enabled(dev):
+        return None
+    return torch.get_autocast_dtype(dev)
+
+
+def _cast(t: Tensor, dtype: Optional[torch.dtype]) -> Tensor:
+    """Under autocast the ops see the conv's dtype explicitly (custom ops are not autocast-aware)."""
+    return t if dtype is None or t.dtype == dtype else t.to(dtype)
 
 
 def apply_updates(updates: List[StatsUpdate]) -> None:

@@ -15,6 +15,7 @@ too, so a backend can fuse them; gradients that autograd does not need are not c
 Which kernel serves an op on which device is decided in resnet_fast/_dispatch.py only.
 """
 
+import contextlib
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -80,6 +81,13 @@ def _empty_act(like: Tensor, shape: Sequence[int]) -> Tensor:
     return like.new_empty(shape).contiguous(memory_format=memory_format_of(like))
 
 
+def _no_autocast(x: Tensor):
+    """Inside an op, dtypes are the caller's: autocast must not recast the aten conv in a kernel
+    (the fake kernel promises outputs in the input's dtype). resnet_fast.functional casts explicitly."""
+    return torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda") \
+        else contextlib.nullcontext()
+
+
 def _grads(results: Sequence[Tensor], needs: Sequence[bool]) -> List[Optional[Tensor]]:
     return [r if n else None for r, n in zip(results, needs)]
 
@@ -94,8 +102,9 @@ def conv_bn_stats(x: Tensor, in_mean: Optional[Tensor], in_scale: Optional[Tenso
     """y = conv(prologue(x), weight), prologue(x) = act((x - in_mean)*in_scale + in_bias) or x;
     returns (y, mean(y), biased var(y)) per channel."""
     _check_conv_bn_stats(x, in_mean, in_scale, in_bias, weight, stride, padding, dilation, groups)
-    return _dispatch.kernel("conv_bn_stats", x)(x, in_mean, in_scale, in_bias, in_relu, weight, stride, padding,
-                                                dilation, groups)
+    with _no_autocast(x):
+        return _dispatch.kernel("conv_bn_stats", x)(x, in_mean, in_scale, in_bias, in_relu, weight, stride, padding,
+                                                    dilation, groups)
 
 
 def _check_conv_bn_stats(x, in_mean, in_scale, in_bias, weight, stride, padding, dilation, groups):
@@ -143,9 +152,10 @@ def conv_bn_stats_backward(grad_y: Tensor, grad_mean: Tensor, grad_var: Tensor, 
 
     dL/dy = grad_y + grad_mean/M + grad_var * 2(y - mean)/M  with M = N*H*W of y, then conv
     backward, then the prologue's backward (recomputing the prologue from x)."""
-    return _dispatch.kernel("conv_bn_stats_backward", x)(grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias,
-                                                         in_relu, weight, y, mean, stride, padding, dilation,
-                                                         groups, output_mask)
+    with _no_autocast(x):
+        return _dispatch.kernel("conv_bn_stats_backward", x)(grad_y, grad_mean, grad_var, x, in_mean, in_scale,
+                                                             in_bias, in_relu, weight, y, mean, stride, padding,
+                                                             dilation, groups, output_mask)
 
 
 @conv_bn_stats_backward.register_fake
@@ -300,7 +310,9 @@ def conv_bias_act(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: O
                   stride: List[int], padding: List[int], dilation: List[int], groups: int) -> Tensor:
     """act(conv(x, weight) + bias [+ residual])."""
     _check_cba(x, weight, bias, residual, stride, padding, dilation, groups)
-    return _dispatch.kernel("conv_bias_act", x)(x, weight, bias, residual, relu, stride, padding, dilation, groups)
+    with _no_autocast(x):
+        return _dispatch.kernel("conv_bias_act", x)(x, weight, bias, residual, relu, stride, padding, dilation,
+                                                    groups)
 
 
 def _check_cba(x, weight, bias, residual, stride, padding, dilation, groups):
@@ -344,8 +356,9 @@ def conv_bias_act_backward(grad_out: Tensor, out: Tensor, x: Tensor, weight: Ten
                            dilation: List[int], groups: int,
                            output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients (x, weight, bias, residual) of conv_bias_act, given its output."""
-    return _dispatch.kernel("conv_bias_act_backward", x)(grad_out, out, x, weight, bias, residual, relu, stride,
-                                                         padding, dilation, groups, output_mask)
+    with _no_autocast(x):
+        return _dispatch.kernel("conv_bias_act_backward", x)(grad_out, out, x, weight, bias, residual, relu, stride,
+                                                             padding, dilation, groups, output_mask)
 
 
 @conv_bias_act_backward.register_fake
