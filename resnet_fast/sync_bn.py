@@ -46,7 +46,8 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         if group is None:
             return super().forward(x)
         self._check_input_dim(x)
-        var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
+        stat = torch.float64 if x.dtype == torch.float64 else torch.float32
+        var, mean = torch.var_mean(x.to(stat), dim=(0, 2, 3), correction=0)
         mean, var, count = combine_stats(mean, var, x.numel() // x.shape[1], group)
         if count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got {count} over all ranks")

@@ -6,7 +6,8 @@ Runs three cases, each from the same initial weights: "sync" (resnet_fast.conver
 + DDP, uneven shards of SIZES samples, loss = per-rank sum of cross-entropy * world / total, so
 DDP's gradient average is the mean loss over the whole batch), "torch_sync" (the same with
 nn.SyncBatchNorm.convert_sync_batchnorm; DDP refuses nn.SyncBatchNorm on CPU, so gradients are
-averaged by hand as DDP would) and "local" (plain DDP, even shards, per-rank mean loss). Saves the
+averaged by hand as DDP would) and "local" (plain DDP, even shards, per-rank mean loss), and "eager_sync" (a small non-resnet_fast
+net with convert_sync_batchnorm: SyncBatchNorm2d's own forward, momentum and momentum=None). Saves the
 parameter gradients, buffers and logits of each case to OUT_FILE.
 """
 
@@ -21,12 +22,16 @@ from torch.nn.parallel import DistributedDataParallel
 import resnet_fast
 from resnet_fast import sync_bn
 
-SIZES = {"sync": (5, 3), "torch_sync": (5, 3), "local": (4, 4)}
+SIZES = {"sync": (5, 3), "torch_sync": (5, 3), "local": (4, 4), "eager_sync": (5, 3)}
 NUM_CLASSES = 5
 
 
-def make_model() -> nn.Module:
+def make_model(case: str = "") -> nn.Module:
     torch.manual_seed(0)
+    if case == "eager_sync":  # not a resnet_fast net: SyncBatchNorm2d's own (unfused) forward
+        return nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2),
+                             nn.BatchNorm2d(4, momentum=None), nn.ReLU(), nn.Flatten(), nn.LazyLinear(NUM_CLASSES)
+                             ).double()
     return resnet_fast.resnet18(num_classes=NUM_CLASSES).double()
 
 
@@ -41,8 +46,11 @@ def shard(t: torch.Tensor, case: str, rank: int) -> torch.Tensor:
 
 
 def run_case(case: str, rank: int, world: int) -> dict:
-    model = make_model()
-    if case == "sync":
+    model = make_model(case)
+    if case == "eager_sync":
+        model(make_batch()[0][:2])  # materializes the LazyLinear (same on every rank)
+        model.apply(lambda m: m.reset_running_stats() if isinstance(m, nn.BatchNorm2d) else None)
+    if case in ("sync", "eager_sync"):
         model = sync_bn.convert_sync_batchnorm(model)
     elif case == "torch_sync":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

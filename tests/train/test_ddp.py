@@ -1,8 +1,8 @@
 """DDP on CPU (gloo, 2 processes) against one process, and the fused SyncBatchNorm.
 
 Reference first: one process, resnet18 in float64, the whole batch. Then:
-  * SyncBN (resnet_fast.convert_sync_batchnorm + DDP, and nn.SyncBatchNorm with hand-averaged
-    gradients; uneven shards 5 + 3): every rank's logits, gradients and running statistics equal
+  * SyncBN (resnet_fast.convert_sync_batchnorm + DDP, fused in resnet18 and unfused in a small
+    Sequential, and nn.SyncBatchNorm with hand-averaged gradients; uneven shards 5 + 3): every rank's logits, gradients and running statistics equal
     the one-process run on the concatenated batch;
   * plain DDP (even shards): each rank's running statistics are its own shard's, and the averaged
     gradients equal the mean of the one-process gradients of the two shards.
@@ -27,9 +27,12 @@ WORKER = os.path.join(os.path.dirname(__file__), "_ddp_worker.py")
 RTOL = 1e-9
 
 
-def reference(x, y):
+def reference(x, y, case=""):
     """One process: (logits, grads, buffers) of a float64 resnet18 step on (x, y), mean loss."""
-    model = worker.make_model()
+    model = worker.make_model(case)
+    if case == "eager_sync":
+        model(x[:2])
+        model.apply(lambda m: m.reset_running_stats() if isinstance(m, nn.BatchNorm2d) else None)
     logits = model(x)
     F.cross_entropy(logits, y).backward()
     return (logits.detach(), {n: p.grad for n, p in model.named_parameters()},
@@ -56,10 +59,11 @@ def ranks(tmp_path_factory):
     return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
-@pytest.mark.parametrize("case,norm", [("sync", "SyncBatchNorm2d"), ("torch_sync", "SyncBatchNorm")])
+@pytest.mark.parametrize("case,norm", [("sync", "SyncBatchNorm2d"), ("torch_sync", "SyncBatchNorm"),
+                                       ("eager_sync", "SyncBatchNorm2d")])
 def test_sync_bn_equals_one_process_on_the_whole_batch(ranks, case, norm):
     x, y = worker.make_batch()
-    logits, grads, buffers = reference(x, y)
+    logits, grads, buffers = reference(x, y, case)
     for r, res in enumerate(ranks):
         got = res[case]
         assert got["types"] == [norm]
