@@ -9,6 +9,11 @@ Once, at construction:
     (reference.fold_bn: float64 math), then cast to `dtype` and laid out channels_last;
   * each runs as ops.conv_bias_act, bias + residual add + ReLU in the conv's epilogue; fc's weight is
     cast to `dtype` as well. Nothing is folded or cast per call.
+  * CPU float32 served by the native backend (oneDNN convolution with post-ops): each folded weight is
+    also reordered once, at its first call, into oneDNN's blocked layout for that call's input shape
+    (torch.ops.mkldnn._reorder_convolution_weight, as Inductor's CPU freezing does); oneDNN would
+    otherwise reorder the plain weight on every call. Other input shapes use it too (same results,
+    the layout is only a performance hint).
 Per call the input is copied once into `dtype`, channels_last. On CUDA with cuda_graph=True the whole
 forward is captured as a CUDA graph at the first call with a new input shape (after warm-up runs on a
 side stream, which also keep Triton autotuning out of the capture) and replayed afterwards. The first
@@ -37,13 +42,21 @@ from torch import Tensor, nn
 from torchvision.models import resnet as tv
 from torchvision.ops import FrozenBatchNorm2d
 
-from . import ops, reference
+from . import _dispatch, ops, reference
 from .builders import from_torchvision
 from .resnet import BasicBlock, Bottleneck, ResNet
 
 __all__ = ["optimize_for_inference", "InferenceResNet"]
 
 _WARMUP_RUNS = 2
+_REORDER = getattr(torch.ops.mkldnn, "_reorder_convolution_weight", None)
+
+
+def _can_prepack(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether conv_bias_act runs oneDNN's fused convolution here (the native CPU backend, float32),
+    which takes a weight already in oneDNN's blocked layout."""
+    return (device.type == "cpu" and dtype == torch.float32 and _REORDER is not None
+            and torch.backends.mkldnn.is_available() and _dispatch.backend_name("cpu") == "native")
 
 
 class _Frozen:
@@ -77,6 +90,7 @@ class _FoldedConv(_Frozen):
         w = conv.weight
         self.weight = torch.empty(w.shape, dtype=dtype, device=self.device, memory_format=torch.channels_last)
         self.bias = torch.empty(w.shape[0], dtype=dtype, device=self.device)
+        self.prepack, self._packed = _can_prepack(self.device, dtype), None
         self.refold()
 
     def sources(self) -> List[Tensor]:
@@ -91,9 +105,16 @@ class _FoldedConv(_Frozen):
         w, b = reference.fold_bn(self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
         self.weight.copy_(w)
         self.bias.copy_(b)
+        self._packed = None
 
     def __call__(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = True) -> Tensor:
-        return ops.conv_bias_act(x, self.weight, self.bias, residual, relu, *self.args)
+        w = self.weight
+        if self.prepack:
+            if self._packed is None:
+                stride, padding, dilation, groups = self.args
+                self._packed = _REORDER(w.contiguous(), padding, stride, dilation, groups, list(x.shape))
+            w = self._packed
+        return ops.conv_bias_act(x, w, self.bias, residual, relu, *self.args)
 
 
 class _CastLinear(_Frozen):
@@ -181,7 +202,7 @@ class InferenceResNet(nn.Module):
             if any(True for _ in pool.parameters()):
                 raise TypeError(f"optimize_for_inference: pooling must be parameter-free, got {pool!r}")
         # fc: nn.Linear is cast once; any other head (nn.Identity, a custom Sequential) runs as is.
-        self.head = _CastLinear(model.fc, dtype, "fc") if type(model.fc) is nn.Linear else model.fc
+        self.__dict__["head"] = _CastLinear(model.fc, dtype, "fc") if type(model.fc) is nn.Linear else model.fc
         self._frozen: List[_Frozen] = [self.stem, *(u for b in self.blocks for u in b.units),
                                        *(b.shortcut for b in self.blocks if isinstance(b.shortcut, _FoldedConv)),
                                        *([self.head] if isinstance(self.head, _CastLinear) else [])]

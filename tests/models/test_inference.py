@@ -61,6 +61,10 @@ def test_float32_matches_eval_model(arch, device):
     torch.testing.assert_close(out, eval_output(tv, x), rtol=1e-5, atol=1e-5)
     assert_2x_eager("logits", out, tv, x, torch.float32)
     assert not tv.training  # the source model is left as it was
+    # CPU float32 on the native backend: folded weights prepacked once into oneDNN's layout.
+    native_cpu = device == "cpu" and resnet_fast.backend_info()["cpu"]["conv_bias_act"] == "native"
+    assert fast.stem.prepack == native_cpu
+    assert (fast.stem._packed is not None and fast.stem._packed.layout == torch._mkldnn) == native_cpu
 
 
 def test_bfloat16_against_float64(device):
@@ -154,6 +158,7 @@ def test_custom_head_runs_as_is():
     fast = resnet_fast.optimize_for_inference(tv)
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(fast(x), eval_output(tv, x), rtol=1e-5, atol=1e-5)
+    assert not list(fast.parameters()) and not fast.state_dict()  # the source model owns every tensor
 
 
 @pytest.mark.gpu
