@@ -1,60 +1,59 @@
 #!/usr/bin/env bash
-# One-shot GPU verification (see the GPU issues): build the extension on the GPU machine, run the GPU
-# tests, run the model benchmarks, and write results to $OUT (when set) or benchmarks/results/.
-# Must finish within 8 minutes on an H100, start-up and compilation included.
-#
-# Status: a first version. It exercises what exists today (op tests on CUDA for the reference and
-# native backends, the resnet50 benchmark); the GPU issue extends it with the Triton path,
-# model-level GPU tests and torch.compile(torchvision) baselines.
+# One-shot GPU verification (issue "GPU fused path" section 3): build the extension on the GPU machine,
+# run the GPU tests, run the benchmark comparison (resnet50 train step and inference, bf16,
+# channels_last: resnet_fast vs torchvision eager vs torch.compile(torchvision)), and write
+#   gpu_check-DATE.log        everything printed
+#   gpu-tests-DATE.xml        junit results of the GPU tests
+#   gpu-DATE.json             pytest-benchmark JSON (device, versions, limits in machine_info)
+#   gpu-DATE.md               the table (benchmarks/report.py), also printed last
+#   conv_tuning.json          the per-shape conv choices measured on this GPU (commit it next to the
+#                             results; RESNET_FAST_TUNING_CACHE=<it> replays them without measuring)
+# to $OUT when set, else benchmarks/results/. Budget: 8 minutes on an H100 with start-up and
+# compilation; every stage has its own timeout and a failing stage does not stop the later ones
+# (the exit status says whether all passed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 DEST="${OUT:-benchmarks/results}"
 mkdir -p "$DEST"
 STAMP="$(date -u +%Y-%m-%d)"
-LOG="$DEST/gpu_check-$STAMP.log"
+exec > >(tee "$DEST/gpu_check-$STAMP.log") 2>&1
+export PYTHONUNBUFFERED=1
 status=0
-exec > >(tee "$LOG") 2>&1
+stage() { echo; echo "== $1 ($(date -u +%H:%M:%S))"; }
 
-echo "== environment"
+stage "environment"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
 
-echo "== build (MAX_JOBS=16)"
+stage "build (MAX_JOBS=16, this GPU's architecture only)"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
-MAX_JOBS=16 timeout 240 pip install --no-build-isolation --no-deps -e . -q || { echo "BUILD FAILED"; exit 1; }
-python -c "import resnet_fast, json; print(json.dumps(resnet_fast.backend_info(), indent=1))"
+ARCH="$(python -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null || echo 9.0)"
+RESNET_FAST_CUDA_ARCHS="$ARCH" MAX_JOBS=16 timeout 200 pip install --no-build-isolation --no-deps -e . -q \
+  || { echo "BUILD FAILED: the native extension is skipped; Triton and reference paths still run"; status=1; }
+python -c "import resnet_fast, json; print(json.dumps(resnet_fast.backend_info(), indent=1))" || status=1
 
-echo "== GPU op tests, both backends"
-timeout 150 python -m pytest tests/ops -q -m gpu -x -p no:cacheprovider || status=1
+# Conv choices: reuse the committed cache when present, record new ones next to the results.
+export RESNET_FAST_TUNING_CACHE="$DEST/conv_tuning.json"
+if [ -f benchmarks/results/conv_tuning.json ] && [ "$DEST" != benchmarks/results ]; then
+  cp benchmarks/results/conv_tuning.json "$RESNET_FAST_TUNING_CACHE"
+fi
 
-echo "== native CUDA backend on a whole model (resnet50, float32 vs float64 on the GPU)"
-RESNET_FAST_BACKEND=native timeout 60 python - <<'PY' || status=1
-import copy, torch, torchvision, resnet_fast
-torch.manual_seed(0)
-tv = torchvision.models.resnet50(num_classes=10, zero_init_residual=True).cuda()
-fast = resnet_fast.from_torchvision(copy.deepcopy(tv))
-ref = copy.deepcopy(tv).double()
-x = torch.randn(8, 3, 128, 128, device="cuda")
-for m in (tv, fast, ref):
-    m.train()
-out = [m(x.double() if m is ref else x) for m in (tv, fast, ref)]
-e_tv = (out[0].double() - out[2]).norm().item(); e_fast = (out[1].double() - out[2]).norm().item()
-print(f"train forward L2 error: torchvision {e_tv:.3e}  resnet_fast {e_fast:.3e}")
-assert e_fast <= 2 * e_tv + 1e-6 * out[2].norm().item(), "resnet_fast float32 error above 2x eager's"
-PY
+stage "GPU tests: models on the Triton backend, autocast, Triton kernels, every op on every backend"
+# Tests use each conv's default Triton configuration (no per-shape measuring): compile time stays bounded.
+RESNET_FAST_CONV=triton timeout 210 python -m pytest -m gpu -q -p no:cacheprovider -rfE \
+  --junitxml="$DEST/gpu-tests-$STAMP.xml" \
+  tests/models/test_device_backends.py tests/models/test_autocast.py tests/ops/test_triton.py tests/ops \
+  || { echo "GPU TESTS FAILED (or timed out)"; status=1; }
 
-echo "== benchmarks"
-(cd benchmarks && timeout 240 python -m pytest . --benchmark-only -q -p no:cacheprovider \
-    --benchmark-json="../$DEST/gpu-$STAMP.json") || status=1
-python - "$DEST/gpu-$STAMP.json" <<'PY' || status=1
-import json, sys
-data = json.load(open(sys.argv[1]))
-print("| benchmark | median ms | images/s | speedup vs torchvision |")
-print("| --- | --- | --- | --- |")
-for b in data["benchmarks"]:
-    info = b["extra_info"]
-    print(f"| {b['name']} | {b['stats']['median'] * 1e3:.1f} | {info.get('images_per_s', 0):.0f} | "
-          f"{info.get('speedup_vs_torchvision', float('nan')):.2f} |")
-PY
+stage "benchmarks (RESNET_FAST_BENCH=quick: resnet50 batch 256 + op benchmarks)"
+RESNET_FAST_BENCH=quick timeout 200 python -m pytest benchmarks/ --benchmark-only -q -p no:cacheprovider \
+  --benchmark-json="$DEST/gpu-$STAMP.json" || { echo "BENCHMARKS FAILED (or timed out)"; status=1; }
+
+stage "table"
+if [ -f "$DEST/gpu-$STAMP.json" ]; then
+  python benchmarks/report.py "$DEST/gpu-$STAMP.json" --markdown "$DEST/gpu-$STAMP.md" || status=1
+  cat "$DEST/gpu-$STAMP.md"
+fi
+echo "gpu_check exit status: $status"
 exit $status
