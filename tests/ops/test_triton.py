@@ -76,23 +76,24 @@ def test_conv_bias_act_dtypes(case, residual, relu, strategy, device):
 
 
 @pytest.mark.parametrize("case", [CONVS[1], CONVS[2]])
-def test_conv_bn_stats_backward_float32(case, strategy, device):
-    """The whole training unit in float32: prologue forward and backward kernels, the statistics
-    chain rule pass, aten dgrad/wgrad; gradients of x, the prologue's mean/scale/bias and W."""
-    x, pro, w, s, p, d, g = conv_args(case, device, torch.float32, CL, True)
-    leaves = [t.requires_grad_(True) for t in (x, *pro, w)]
+def test_conv_bn_stats_backward_dtypes(case, strategy, device):
+    """The whole training unit: prologue forward and backward kernels, the statistics chain-rule
+    pass, aten dgrad/wgrad; gradients of x, the prologue's mean/scale/bias and W."""
+    for dtype in _dtypes(device):
+        x, pro, w, s, p, d, g = conv_args(case, device, torch.float32, CL, True)
+        leaves = [t.requires_grad_(True) for t in (x.to(dtype), *pro, w.to(dtype))]
 
-    def run(fn, ts):
-        y, mean, var = fn(ts[0], *ts[1:4], True, ts[4], s, p, d, g)
-        gy = torch.linspace(-1, 1, y.numel(), device=device, dtype=torch.float64).view(y.shape).to(y.dtype)
-        loss = (y * gy).sum() + (mean * mean.new_tensor(0.3)).sum() + var.sum()
-        return torch.autograd.grad(loss, ts)
+        def run(fn, ts):
+            y, mean, var = fn(ts[0], *ts[1:4], True, ts[4], s, p, d, g)
+            gy = torch.linspace(-1, 1, y.numel(), device=device, dtype=torch.float64).view(y.shape).to(y.dtype)
+            loss = (y.to(mean.dtype) * gy.to(mean.dtype)).sum() + (mean * mean.new_tensor(0.3)).sum() + var.sum()
+            return torch.autograd.grad(loss, ts)
 
-    fused = run(ops.conv_bn_stats, leaves)
-    eager = run(ref.conv_bn_stats, leaves)
-    ref64 = run(ref.conv_bn_stats, [t.detach().double().requires_grad_(True) for t in leaves])
-    for name, a, b, c in zip(["x", "in_mean", "in_scale", "in_bias", "weight"], fused, eager, ref64):
-        assert_close_to_ref(f"grad {name}", a, b, c)
+        fused = run(ops.conv_bn_stats, leaves)
+        eager = run(ref.conv_bn_stats, leaves)
+        ref64 = run(ref.conv_bn_stats, [t.detach().double().requires_grad_(True) for t in leaves])
+        for name, a, b, c in zip(["x", "in_mean", "in_scale", "in_bias", "weight"], fused, eager, ref64):
+            assert_close_to_ref(f"{dtype} grad {name}", a, b, c, dtype=dtype)
 
 
 def test_statistics_large_mean_many_tiles(device):
