@@ -62,7 +62,11 @@ def run_degradation(args: argparse.Namespace) -> Dict[str, List[Dict[str, float]
 
 
 def _caption(args: argparse.Namespace) -> str:
-    data = " ".join(args.data) if args.data[0] != "synthetic" else "synthetic (not CIFAR-10)"
+    if args.data[0] == "synthetic":
+        data = (f"synthetic, NOT CIFAR-10 ({args.train_size or 2048} train / {args.val_size or 512} test images, "
+                f"{args.image_size or 32}x{args.image_size or 32}, noise {args.synthetic_noise})")
+    else:
+        data = " ".join(args.data) + (f" ({args.train_size} train images)" if args.train_size else "")
     return (f"data: {data}; {args.epochs} epochs, batch {args.batch_size}, lr {args.lr} ({args.schedule}), "
             f"wd {args.weight_decay}, seed {args.seed}")
 
