@@ -22,6 +22,9 @@ def _resnet(block, layers, weights, progress: bool, overrides: Dict[str, int], *
     for name, value in overrides.items():
         _ovewrite_named_param(kwargs, name, value)
     if weights is not None:
+        if kwargs.get("shortcut") not in (None, "B") or kwargs.get("residual", True) is not True:
+            raise ValueError(f"torchvision's weights are for shortcut='B', residual=True; got "
+                             f"shortcut={kwargs.get('shortcut')!r}, residual={kwargs.get('residual', True)!r}")
         _ovewrite_named_param(kwargs, "num_classes", len(weights.meta["categories"]))
     model = ResNet(block, layers, **kwargs)
     if weights is not None:
@@ -36,7 +39,8 @@ def _builder(name: str, block, layers, enum, **overrides: int):
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = (f"resnet_fast's {name}: torchvision.models.{name}'s signature, module tree, state_dict and "
-                     f"initialization, fused forward. `weights`: a torchvision.models.{enum.__name__} or its name.")
+                     f"initialization, fused forward. `weights`: a torchvision.models.{enum.__name__} or its name. "
+                     f"`shortcut=` / `residual=`: the paper's variants (see resnet_fast.ResNet).")
     return build
 
 

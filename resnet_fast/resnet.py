@@ -9,19 +9,49 @@ Fused forward applies to blocks built from plain nn.Conv2d + nn.BatchNorm2d (tor
 a block with any other norm layer or conv (e.g. a custom norm_layer, FrozenBatchNorm2d) runs
 torchvision's own, unfused forward. Forward hooks on the inner conv / bn modules do not fire on the
 fused path (they are parameter holders there).
+
+The seed paper's shortcut options (He et al. 2015, section 4.1) are constructor arguments:
+`shortcut="B"` (the default) is torchvision's model exactly; `"A"` and `"C"` and the "plain" nets
+(`residual=False`) change the module tree as described in `ResNet`.
 """
 
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv
 
 from .functional import Pending, StatsUpdate, apply_updates, clear_folded, conv_bn, is_fusable, materialize
+from .reference import memory_format_of
+
+SHORTCUTS = ("A", "B", "C")
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A shortcut: x[:, :, ::stride, ::stride] with `extra` zero channels appended; no parameters.
+
+    (N, C, H, W) -> (N, C + extra, ceil(H/stride), ceil(W/stride)), the block's output shape: a 3x3
+    conv with padding 1 (or 1x1, padding 0) and this stride samples the same positions."""
+
+    def __init__(self, stride: int, extra: int) -> None:
+        super().__init__()
+        if stride < 1 or extra < 0:
+            raise ValueError(f"ZeroPadShortcut needs stride >= 1 and extra >= 0 channels, got stride={stride}, "
+                             f"extra={extra} (option A cannot reduce channels)")
+        self.stride, self.extra = stride, extra
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.stride
+        out = F.pad(x[:, :, ::s, ::s], (0, 0, 0, 0, 0, self.extra))
+        return out.contiguous(memory_format=memory_format_of(x))
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, extra={self.extra}"
 
 
 def _downsample_pair(ds: Optional[nn.Module]):
-    if ds is None:
+    if ds is None or type(ds) is ZeroPadShortcut:
         return None
     if isinstance(ds, nn.Sequential) and len(ds) == 2 and is_fusable(ds[0], ds[1]):
         return ds[0], ds[1]
@@ -29,7 +59,12 @@ def _downsample_pair(ds: Optional[nn.Module]):
 
 
 class _FusedBlock:
-    """Shared forward of BasicBlock and Bottleneck: a chain of conv-BN-ReLU units and a block end."""
+    """Shared forward of BasicBlock and Bottleneck: a chain of conv-BN-ReLU units and a block end.
+
+    residual=False (an instance attribute set by `make_stage`) is the paper's "plain" block: the
+    last unit ends in BN -> ReLU with nothing added."""
+
+    residual = True
 
     def _units(self):
         raise NotImplementedError
@@ -39,16 +74,26 @@ class _FusedBlock:
         return (type(self.relu) is nn.ReLU and all(is_fusable(c, b) for c, b in units)
                 and _downsample_pair(self.downsample) is not False)
 
+    def _shortcut(self, x: Tensor, updates: List[StatsUpdate]) -> Optional[Pending]:
+        if not self.residual:
+            return None
+        ds = _downsample_pair(self.downsample)
+        if ds is not None:  # option B / C projection: its BN is applied at the block end (dual BN)
+            return conv_bn(Pending(x), ds[0], ds[1], False, updates)
+        return Pending(x if self.downsample is None else self.downsample(x))
+
     def _forward_fused(self, x: Tensor, updates: List[StatsUpdate]) -> Tensor:
         if not self._fusable():
             return tv_forward(self, x)
         units = self._units()
-        ds = _downsample_pair(self.downsample)
-        residual = Pending(x) if ds is None else conv_bn(Pending(x), ds[0], ds[1], False, updates)
+        residual = self._shortcut(x, updates)
         a = Pending(x)
         for conv, bn in units[:-1]:
             a = conv_bn(a, conv, bn, True, updates)
-        return conv_bn(a, *units[-1], True, updates, residual=residual).y
+        return materialize(conv_bn(a, *units[-1], True, updates, residual=residual))
+
+    def extra_repr(self) -> str:
+        return "" if self.residual else "residual=False"
 
     def forward(self, x: Tensor) -> Tensor:
         updates: List[StatsUpdate] = []
@@ -58,7 +103,11 @@ class _FusedBlock:
 
 
 def tv_forward(block: nn.Module, x: Tensor) -> Tensor:
-    """torchvision's own (unfused) forward of a block."""
+    """torchvision's own (unfused) forward of a block; for a plain block, the same without the add."""
+    if not getattr(block, "residual", True):
+        for conv, bn in block._units():
+            x = block.relu(bn(conv(x)))
+        return x
     base = tv.Bottleneck if isinstance(block, tv.Bottleneck) else tv.BasicBlock
     return base.forward(block, x)
 
@@ -97,19 +146,69 @@ def _check_input(x: Tensor, model: "ResNet") -> None:
                          "training mode")
 
 
-class ResNet(tv.ResNet):
-    """torchvision.models.ResNet with fused conv-BN-ReLU forward; same constructor and state_dict.
+def check_shortcut(shortcut: Optional[str], residual: bool, default: str, zero_init_residual: bool = False
+                   ) -> Optional[str]:
+    """The shortcut option a net is built with: `default` when unset, None for a plain net."""
+    if not isinstance(residual, bool):
+        raise TypeError(f"residual must be True or False, got {residual!r}")
+    if not residual:
+        if shortcut is not None:
+            raise ValueError(f"a plain net (residual=False) has no shortcut; got shortcut={shortcut!r}, leave it unset")
+        if zero_init_residual:
+            raise ValueError("zero_init_residual=True with residual=False would zero every block's output "
+                             "(each plain block ends in its last BatchNorm)")
+        return None
+    shortcut = default if shortcut is None else shortcut
+    if not isinstance(shortcut, str) or shortcut not in SHORTCUTS:
+        raise ValueError(f"shortcut must be one of {', '.join(map(repr, SHORTCUTS))}, got {shortcut!r}")
+    return shortcut
+
+
+def make_shortcut(shortcut: Optional[str], inplanes: int, outplanes: int, stride: int,
+                  norm_layer: Callable[[int], nn.Module]) -> Optional[nn.Module]:
+    """A block's `downsample`: B projects (1x1 conv + BN) where the shape changes, C on every block,
+    A zero-pads where the shape changes; None is the identity (or no shortcut, in a plain net)."""
+    changes = stride != 1 or inplanes != outplanes
+    if shortcut == "C" or (shortcut == "B" and changes):
+        return nn.Sequential(tv.conv1x1(inplanes, outplanes, stride), norm_layer(outplanes))
+    if shortcut == "A" and changes:
+        return ZeroPadShortcut(stride, outplanes - inplanes)
+    return None
+
+
+def make_stage(block: type, inplanes: int, planes: int, blocks: int, stride: int, shortcut: Optional[str],
+               norm_layer: Callable[[int], nn.Module], groups: int = 1, base_width: int = 64, dilation: int = 1,
+               first_dilation: int = 1) -> nn.Sequential:
+    """torchvision's ResNet._make_layer with a shortcut option (None: plain blocks)."""
+    if shortcut is None and not issubclass(block, _FusedBlock):
+        raise TypeError(f"plain nets need resnet_fast's BasicBlock or Bottleneck, got {block.__name__}")
+    outplanes = planes * block.expansion
+    layers = []
+    for i in range(blocks):
+        cin, s, d = (inplanes, stride, first_dilation) if i == 0 else (outplanes, 1, dilation)
+        b = block(cin, planes, s, make_shortcut(shortcut, cin, outplanes, s, norm_layer), groups, base_width, d,
+                  norm_layer)
+        if shortcut is None:
+            b.residual = False
+        layers.append(b)
+    return nn.Sequential(*layers)
+
+
+class _FusedNet:
+    """What ResNet and CifarResNet share: the activation layout, refolding on train()/eval(), and the
+    fused stem and stages.
 
     `memory_format` (default channels_last) is the layout activations run in; the input is
     converted once, the result is the same."""
 
     memory_format = torch.channels_last
 
-    def train(self, mode: bool = True) -> "ResNet":
+    def train(self, mode: bool = True):
         clear_folded(self)
         return super().train(mode)
 
-    def _forward_impl(self, x: Tensor) -> Tensor:
+    def _features(self, x: Tensor, pool: Optional[nn.Module], stages: Sequence[nn.Module]) -> Tensor:
+        """stages(pool(relu(bn1(conv1(x))))), every unit fused; running statistics updated at the end."""
         _check_input(x, self)
         x = x.contiguous(memory_format=self.memory_format)
         updates: List[StatsUpdate] = []
@@ -117,11 +216,53 @@ class ResNet(tv.ResNet):
             x = materialize(conv_bn(Pending(x), self.conv1, self.bn1, True, updates))
         else:
             x = self.relu(self.bn1(self.conv1(x)))
-        x = self.maxpool(x)
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+        if pool is not None:
+            x = pool(x)
+        for layer in stages:
             for block in layer:
                 x = block._forward_fused(x, updates) if isinstance(block, _FusedBlock) else block(x)
         apply_updates(updates)
+        return x
+
+
+class ResNet(_FusedNet, tv.ResNet):
+    """torchvision.models.ResNet with fused conv-BN-ReLU forward; same constructor and state_dict.
+
+    Keyword-only `shortcut` and `residual` select the seed paper's variants:
+      * shortcut="B" (the default): 1x1 conv + BN projection where the shape changes: torchvision's
+        model, module names, initialization and state_dict exactly;
+      * shortcut="A": x[:, :, ::s, ::s] with zero channels appended where the shape changes
+        (`ZeroPadShortcut` as the block's parameterless `downsample`; no `downsample.*` keys);
+      * shortcut="C": a projection on every block (`downsample.0/1` in every block);
+      * residual=False: the "plain" net, same stacks without any shortcut (each block ends in
+        BN -> ReLU); shortcut must then be left unset, and zero_init_residual False."""
+
+    shortcut: Optional[str] = "B"
+    residual = True
+
+    def __init__(self, block, layers: List[int], num_classes: int = 1000, zero_init_residual: bool = False,
+                 groups: int = 1, width_per_group: int = 64, replace_stride_with_dilation: Optional[List[bool]] = None,
+                 norm_layer: Optional[Callable[..., nn.Module]] = None, *, shortcut: Optional[str] = None,
+                 residual: bool = True) -> None:
+        self.shortcut = check_shortcut(shortcut, residual, "B", zero_init_residual)  # read by _make_layer
+        self.residual = residual
+        super().__init__(block, layers, num_classes, zero_init_residual, groups, width_per_group,
+                         replace_stride_with_dilation, norm_layer)
+
+    def _make_layer(self, block, planes: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:
+        if self.shortcut == "B":
+            return super()._make_layer(block, planes, blocks, stride, dilate)  # torchvision's own
+        first_dilation = self.dilation
+        if dilate:
+            self.dilation *= stride
+            stride = 1
+        layer = make_stage(block, self.inplanes, planes, blocks, stride, self.shortcut, self._norm_layer, self.groups,
+                           self.base_width, self.dilation, first_dilation)
+        self.inplanes = planes * block.expansion
+        return layer
+
+    def _forward_impl(self, x: Tensor) -> Tensor:
+        x = self._features(x, self.maxpool, (self.layer1, self.layer2, self.layer3, self.layer4))
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
         return self.fc(x)
