@@ -7,6 +7,7 @@
 
 from . import ops  # noqa: F401  (registers torch.ops.resnet_fast)
 from ._dispatch import backend_info
+from .sync_bn import SyncBatchNorm2d, convert_sync_batchnorm
 from .builders import (
     from_torchvision,
     resnet18,
@@ -25,7 +26,7 @@ from .resnet import BasicBlock, Bottleneck, ResNet
 
 __version__ = "0.1.0"
 __all__ = [
-    "optimize_for_inference", "InferenceResNet",
+    "optimize_for_inference", "InferenceResNet", "convert_sync_batchnorm", "SyncBatchNorm2d",
     "ResNet", "BasicBlock", "Bottleneck", "backend_info", "from_torchvision", "resnet18", "resnet34", "resnet50",
     "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
     "wide_resnet101_2",
