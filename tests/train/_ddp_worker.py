@@ -2,7 +2,7 @@
 
     python _ddp_worker.py RANK WORLD INIT_FILE OUT_FILE
 
-Runs three cases, each from the same initial weights: "sync" (resnet_fast.convert_sync_batchnorm
+Runs four cases, each from the same initial weights: "sync" (resnet_fast.convert_sync_batchnorm
 + DDP, uneven shards of SIZES samples, loss = per-rank sum of cross-entropy * world / total, so
 DDP's gradient average is the mean loss over the whole batch), "torch_sync" (the same with
 nn.SyncBatchNorm.convert_sync_batchnorm; DDP refuses nn.SyncBatchNorm on CPU, so gradients are
@@ -20,7 +20,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import resnet_fast
-from resnet_fast import sync_bn
 
 SIZES = {"sync": (5, 3), "torch_sync": (5, 3), "local": (4, 4), "eager_sync": (5, 3)}
 NUM_CLASSES = 5
@@ -51,7 +50,7 @@ def run_case(case: str, rank: int, world: int) -> dict:
         model(make_batch()[0][:2])  # materializes the LazyLinear (same on every rank)
         model.apply(lambda m: m.reset_running_stats() if isinstance(m, nn.BatchNorm2d) else None)
     if case in ("sync", "eager_sync"):
-        model = sync_bn.convert_sync_batchnorm(model)
+        model = resnet_fast.convert_sync_batchnorm(model)
     elif case == "torch_sync":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     runner = model if case == "torch_sync" else DistributedDataParallel(model)
