@@ -86,7 +86,8 @@ def sync_group(bn: nn.Module) -> Optional["dist.ProcessGroup"]:
     """The process group whose statistics `bn` combines now, or None (local statistics).
 
     nn.SyncBatchNorm.forward's rule: training mode, torch.distributed initialized, group size > 1."""
-    if not (isinstance(bn, (nn.SyncBatchNorm, SyncBatchNorm2d)) and bn.training and dist.is_available() and dist.is_initialized()):
+    if not (isinstance(bn, (nn.SyncBatchNorm, SyncBatchNorm2d)) and bn.training and dist.is_available()
+            and dist.is_initialized()):
         return None
     group = bn.process_group if bn.process_group is not None else dist.group.WORLD
     return group if dist.get_world_size(group) > 1 else None

@@ -100,7 +100,8 @@ def _imagefolder(path: str, image_size: int):
         raise InputError(f"ImageFolder root {path} does not exist or is not a folder")
     for split in ("train", "val"):
         if not os.path.isdir(os.path.join(path, split)):
-            raise InputError(f"ImageFolder root {path} has no {split}/ folder (expected {path}/{split}/<class>/<image>)")
+            raise InputError(f"ImageFolder root {path} has no {split}/ folder "
+                             f"(expected {path}/{split}/<class>/<image>)")
     norm = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     train_tf = transforms.Compose([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
                                    transforms.ToTensor(), norm])
@@ -197,7 +198,7 @@ def make_loaders(train: Dataset, val: Dataset, batch_size: int, workers: int, se
                          f"{batch_size} x {world} process(es)")
     sampler = DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     gen = torch.Generator()
-    common = dict(num_workers=workers, pin_memory=pin_memory)
+    common = {"num_workers": workers, "pin_memory": pin_memory}
     train_loader = DataLoader(train, batch_size, sampler=sampler, drop_last=True, generator=gen, **common)
     val_loader = DataLoader(val, batch_size, sampler=ShardSampler(len(val), rank, world), **common)
     return Loaders(train_loader, val_loader, sampler, gen)

@@ -2,13 +2,15 @@
 
     python _ddp_worker.py RANK WORLD INIT_FILE OUT_FILE
 
-Runs four cases, each from the same initial weights: "sync" (resnet_fast.convert_sync_batchnorm
-+ DDP, uneven shards of SIZES samples, loss = per-rank sum of cross-entropy * world / total, so
-DDP's gradient average is the mean loss over the whole batch), "torch_sync" (the same with
-nn.SyncBatchNorm.convert_sync_batchnorm; DDP refuses nn.SyncBatchNorm on CPU, so gradients are
-averaged by hand as DDP would) and "local" (plain DDP, even shards, per-rank mean loss), and "eager_sync" (a small non-resnet_fast
-net with convert_sync_batchnorm: SyncBatchNorm2d's own forward, momentum and momentum=None). Saves the
-parameter gradients, buffers and logits of each case to OUT_FILE.
+Runs four cases, each from the same initial weights:
+  * "sync": resnet_fast.convert_sync_batchnorm + DDP, uneven shards of SIZES samples, loss = per-rank
+    sum of cross-entropy * world / total, so DDP's gradient average is the mean loss of the batch;
+  * "torch_sync": the same with nn.SyncBatchNorm.convert_sync_batchnorm (DDP refuses nn.SyncBatchNorm
+    on CPU, so gradients are averaged by hand, as DDP would);
+  * "eager_sync": a small non-resnet_fast net with convert_sync_batchnorm (SyncBatchNorm2d's own
+    unfused forward; momentum and momentum=None);
+  * "local": plain DDP, even shards, per-rank mean loss.
+Saves the parameter gradients, buffers and logits of each case to OUT_FILE.
 """
 
 import sys

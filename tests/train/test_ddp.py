@@ -2,8 +2,8 @@
 
 Reference first: one process, resnet18 in float64, the whole batch. Then:
   * SyncBN (resnet_fast.convert_sync_batchnorm + DDP, fused in resnet18 and unfused in a small
-    Sequential, and nn.SyncBatchNorm with hand-averaged gradients; uneven shards 5 + 3): every rank's logits, gradients and running statistics equal
-    the one-process run on the concatenated batch;
+    Sequential; nn.SyncBatchNorm with hand-averaged gradients; uneven shards 5 + 3): every rank's
+    logits, gradients and running statistics equal the one-process run on the concatenated batch;
   * plain DDP (even shards): each rank's running statistics are its own shard's, and the averaged
     gradients equal the mean of the one-process gradients of the two shards.
 """
@@ -20,7 +20,6 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(__file__))
 import _ddp_worker as worker  # noqa: E402
 
-import resnet_fast  # noqa: E402
 from resnet_fast import sync_bn  # noqa: E402
 
 WORKER = os.path.join(os.path.dirname(__file__), "_ddp_worker.py")
@@ -36,7 +35,7 @@ def reference(x, y, case=""):
     logits = model(x)
     F.cross_entropy(logits, y).backward()
     return (logits.detach(), {n: p.grad for n, p in model.named_parameters()},
-            {n: b for n, b in model.named_buffers()})
+            dict(model.named_buffers()))
 
 
 def assert_close(name, got, want, rtol=RTOL):

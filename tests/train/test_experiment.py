@@ -10,13 +10,18 @@ REDUCED = ["--image-size", "8", "--train-size", "32", "--val-size", "16", "--bat
            "--workers", "0", "--no-progress"]
 
 
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def test_degradation_reduced_run(tmp_path, capsys):
     out = str(tmp_path / "deg")
     assert cli.main(["experiment", "degradation", "--output", out, *REDUCED]) == 0
     for arch in ("plain20", "plain56", "resnet20", "resnet56"):
         with open(os.path.join(out, arch, "metrics.csv")) as f:
             assert len(list(csv.DictReader(f))) == 2, arch
-    png = open(os.path.join(out, "degradation.png"), "rb").read()
+    png = read(os.path.join(out, "degradation.png"))
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10000
     with open(os.path.join(out, "summary.csv")) as f:
         summary = list(csv.DictReader(f))
@@ -25,12 +30,12 @@ def test_degradation_reduced_run(tmp_path, capsys):
     capsys.readouterr()
 
     # a second invocation refuses to overwrite, --resume reuses the finished runs without training
-    before = open(os.path.join(out, "plain56", "checkpoint.pt"), "rb").read()
+    before = read(os.path.join(out, "plain56", "checkpoint.pt"))
     assert cli.main(["experiment", "degradation", "--output", out, *REDUCED]) == 2
     assert "pass --resume" in capsys.readouterr().err
     assert cli.main(["experiment", "degradation", "--output", out, "--resume", *REDUCED]) == 0
     assert "nothing to do" in capsys.readouterr().out
-    assert open(os.path.join(out, "plain56", "checkpoint.pt"), "rb").read() == before
+    assert read(os.path.join(out, "plain56", "checkpoint.pt")) == before
 
 
 def test_degradation_needs_paper_depths(tmp_path, capsys):
