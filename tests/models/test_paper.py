@@ -6,8 +6,9 @@ is torch.cat of the subsampled input and zeros), with resnet_fast's module names
 state_dict loads between them strictly: that also checks each variant's module tree. The comparison
 is tests/models/test_equivalence.py's: in float64 one SGD step (output, loss, input and parameter
 gradients, updated parameters, running statistics, num_batches_tracked, then an eval forward), every
-tensor within 1e-9 of its magnitude; in float32 (CIFAR net; test_cifar_variants says why) SGD steps
-under the 2x-eager rule, eager being the reference in float32 in resnet_fast's activation layout."""
+tensor within 1e-9 of its magnitude; in float32 SGD steps under the 2x-eager rule, eager being the
+reference in float32 in resnet_fast's activation layout (plain nets: test_cifar_variants says why
+only the CIFAR one)."""
 
 import copy
 
@@ -144,17 +145,18 @@ def test_imagenet_style_float64(net, variant):
     compare_float64(net, variant, torch.randn(2, 3, 33, 33))  # layer4 2x2: BatchNorm over 8 values
 
 
+@pytest.mark.parametrize("variant", ["A", "C"])
+def test_imagenet_style_float32(variant):
+    """One SGD step on the Bottleneck net (option A pads 64 -> 256 channels at stride 1, then
+    subsamples; C projects in every block). Shortcut B in float32 is torchvision's model
+    (test_equivalence); the plain net's float32 check is the CIFAR one (test_cifar_variants says why)."""
+    compare_float32("bottleneck_2111", variant, torch.randn(2, 3, 33, 33), steps=1)
+
+
 @pytest.mark.parametrize("variant", ["A", "C", "plain"])
 def test_cifar_variants(variant):
     """resnet20, resnet20(shortcut="C"), plain20: float64 at CIFAR's 32x32; float32 at 16x16, one
     step for the plain net.
-
-    The float32 checks of the paper's variants run here, on the 0.27M-parameter CIFAR net: on the
-    8M-parameter Bottleneck net one float32 step took 17 s (7.5 s of it sorting gradients for the
-    trimmed L2) on this project's shared 2-core CPU. Option A and the plain block end add no float32
-    arithmetic of their own to what test_equivalence checks on every torchvision net (A copies and
-    zero-fills; a plain block end is bn_act without a residual), and C's block end is the dual-BN one
-    of every projection block.
 
     Why 16x16 and one step for plain20: a plain net has no zero_init_residual, and where float32
     takes the other side of a ReLU than float64 for one activation (an input within rounding of 0),
