@@ -13,11 +13,12 @@ TRIM = 1e-3
 
 
 def _trimmed_l2(t: torch.Tensor) -> float:
-    flat = t.abs().reshape(-1)
-    drop = int(flat.numel() * TRIM)
-    if drop:
-        flat = flat.sort().values[:-drop]
-    return flat.norm().item()
+    sq = t.reshape(-1).square()
+    drop = int(sq.numel() * TRIM)
+    if drop:  # zero the `drop` largest terms (topk: a full sort of 100M-element gradient groups took seconds)
+        sq = sq.clone()
+        sq[sq.topk(drop, sorted=False).indices] = 0
+    return sq.sum().sqrt().item()
 
 
 def _describe(diff: torch.Tensor) -> str:
