@@ -54,6 +54,12 @@ def _fmt(value: Optional[float], spec: str = ".2f", suffix: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{suffix}"
 
 
+def _arch_key(name: str):
+    """resnet18 < resnet50 < resnet101: by the name's letters, then its number."""
+    digits = "".join(c for c in name if c.isdigit())
+    return name.rstrip("0123456789"), int(digits) if digits else 0
+
+
 def _impl_key(row: dict):
     impl = row["impl"]
     return IMPL_ORDER.index(impl) if impl in IMPL_ORDER else len(IMPL_ORDER)
@@ -76,7 +82,7 @@ def environment_line(env: Dict[str, object]) -> str:
 
 
 def model_table(rows: List[dict]) -> str:
-    rows = sorted(rows, key=lambda r: (r["mode"] != "inference", r["model"], r["batch"], _impl_key(r)))
+    rows = sorted(rows, key=lambda r: (r["mode"] != "inference", _arch_key(r["model"]), r["batch"], _impl_key(r)))
     body = []
     for r in rows:
         mem = r.get("peak_memory_bytes")
@@ -140,7 +146,7 @@ def plot(env: Dict[str, object], models: List[dict], path: str) -> None:
     fig, axes = plt.subplots(1, max(1, len(modes)), figsize=(6.5 * max(1, len(modes)), 4.2), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         rows = [r for r in models if r["mode"] == mode]
-        groups = sorted({(r["model"], r["batch"]) for r in rows}, key=lambda g: (g[0], g[1]))
+        groups = sorted({(r["model"], r["batch"]) for r in rows}, key=lambda g: (_arch_key(g[0]), g[1]))
         impls = sorted({r["impl"] for r in rows}, key=lambda i: IMPL_ORDER.index(i) if i in IMPL_ORDER else 99)
         width = 0.8 / len(impls)
         for k, impl in enumerate(impls):
