@@ -66,6 +66,9 @@ def _impl_key(row: dict):
 
 
 def _table(header: List[str], rows: List[List[str]]) -> str:
+    """A markdown table without the columns that are empty ("—") in every row (CPU: no compile, no memory)."""
+    keep = [i for i in range(len(header)) if not rows or any(r[i] != "—" for r in rows)]
+    header, rows = [header[i] for i in keep], [[r[i] for i in keep] for r in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
