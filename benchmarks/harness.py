@@ -95,7 +95,7 @@ def backend_summary() -> Dict[str, object]:
 def cache_bytes() -> int:
     """The device's last-level cache: GPU L2, or the largest CPU cache sysfs reports (32 MiB if none)."""
     if CUDA:
-        return torch.cuda.get_device_properties(DEVICE).L2_cache_size
+        return getattr(torch.cuda.get_device_properties(DEVICE), "L2_cache_size", 50 << 20)
     sizes = []
     base = "/sys/devices/system/cpu/cpu0/cache"
     for entry in os.listdir(base) if os.path.isdir(base) else []:

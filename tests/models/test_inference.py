@@ -43,6 +43,12 @@ def eval_output(tv_model, x):
         return resnet_fast.from_torchvision(tv_model).eval()(x)
 
 
+def assert_same(a, b, device):
+    """Same folded weights, same ops: equal up to the GPU's choice of conv algorithm (TF32 by default)."""
+    tol = 1e-5 if device == "cpu" else 1e-3
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
 def assert_2x_eager(name, out, tv_model, x, dtype):
     """out against torchvision eval in float64, at most 2x torchvision's own error in `dtype` (+ atol)."""
     with torch.no_grad():
@@ -58,7 +64,7 @@ def test_float32_matches_eval_model(arch, device):
     x = torch.randn(2, 3, 48, 48, device=device)
     out = fast(x)
     assert out.dtype == torch.float32 and out.shape == (2, 10)
-    torch.testing.assert_close(out, eval_output(tv, x), rtol=1e-5, atol=1e-5)
+    assert_same(out, eval_output(tv, x), device)
     assert_2x_eager("logits", out, tv, x, torch.float32)
     assert not tv.training  # the source model is left as it was
     # CPU float32 on the native backend: folded weights prepacked once into oneDNN's layout.
@@ -91,9 +97,9 @@ def test_new_shapes_and_graph_cache_bound(device):
     shapes = [(2, 3, 32, 32), (3, 3, 32, 32), (2, 3, 40, 40), (2, 3, 32, 32), (0, 3, 32, 32)]
     for shape in shapes:
         x = torch.randn(shape, device=device)
-        torch.testing.assert_close(fast(x), eval_output(tv, x), rtol=1e-5, atol=1e-5)
+        assert_same(fast(x), eval_output(tv, x), device)
     x = torch.randn(2, 3, 32, 32, device=device, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(fast(x), eval_output(tv, x.float()), rtol=1e-5, atol=1e-5)
+    assert_same(fast(x), eval_output(tv, x.float()), device)
     # CUDA: graphs for the first two shapes only, the third ran eagerly; CPU: never a graph.
     assert fast.graph_shapes == ([(2, 3, 32, 32), (3, 3, 32, 32)] if device == "cuda" else [])
 
@@ -113,18 +119,18 @@ def test_refolds_after_source_changes(device):
     tv.eval()
     after = eval_output(tv, x)
     assert (after - before).abs().max() > 1e-2
-    torch.testing.assert_close(fast(x), after, rtol=1e-5, atol=1e-5)
+    assert_same(fast(x), after, device)
     torch.testing.assert_close(snapshot(x), before)  # a snapshot until refresh()
     # load_state_dict copies in place (version counters move).
     other = make("resnet10", device)
     tv.load_state_dict(other.state_dict())
-    torch.testing.assert_close(fast(x), eval_output(other, x), rtol=1e-5, atol=1e-5)
+    assert_same(fast(x), eval_output(other, x), device)
     # An edit through .data bypasses version counters: refresh() picks it up.
     tv.fc.bias.data.add_(1.0)
     snapshot.refresh()
     fast.refresh()
     for m in (fast, snapshot):
-        torch.testing.assert_close(m(x), eval_output(tv, x), rtol=1e-5, atol=1e-5)
+        assert_same(m(x), eval_output(tv, x), device)
 
 
 def test_bad_input_and_unsupported_models():
@@ -157,7 +163,7 @@ def test_custom_head_runs_as_is():
     tv.fc = nn.Sequential(nn.Linear(512, 7), nn.Tanh())
     fast = resnet_fast.optimize_for_inference(tv)
     x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(fast(x), eval_output(tv, x), rtol=1e-5, atol=1e-5)
+    assert_same(fast(x), eval_output(tv, x), "cpu")
     assert not list(fast.parameters()) and not fast.state_dict()  # the source model owns every tensor
 
 
@@ -181,7 +187,7 @@ def test_cuda_graph_replay_and_refold():
     o3 = fast(x2)
     assert fast.graph_shapes == [(4, 3, 64, 64)]
     torch.testing.assert_close(o3, eager(x2), rtol=2e-2, atol=2e-2)
-    assert (o3.float() - o2.float()).abs().max() > 0.1
+    assert (o3.float() - o2.float()).abs().max() > 0.1 * o2.float().abs().max()
     tv.cpu()
     with pytest.raises(RuntimeError, match="optimize_for_inference again"):
         fast(x2)
