@@ -44,11 +44,14 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from . import _dispatch, ops, reference
 from .builders import from_torchvision
+from .cifar import CifarResNet
 from .resnet import BasicBlock, Bottleneck, ResNet
+from .sync_bn import SyncBatchNorm2d
 
 __all__ = ["optimize_for_inference", "InferenceResNet"]
 
 _WARMUP_RUNS = 2
+_BATCHNORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, SyncBatchNorm2d)
 _REORDER = getattr(torch.ops.mkldnn, "_reorder_convolution_weight", None)
 
 
@@ -149,13 +152,13 @@ def _foldable(conv: nn.Module, bn: nn.Module, name: str) -> None:
             or not isinstance(conv.padding, tuple):
         raise TypeError(f"optimize_for_inference: {name} must be a bias-free nn.Conv2d with numeric zero padding, "
                         f"got {conv!r}")
-    if type(bn) is nn.BatchNorm2d:
+    if type(bn) in _BATCHNORMS:  # in eval mode every one of these normalizes with its running statistics
         if bn.running_mean is None or bn.running_var is None:
-            raise ValueError(f"optimize_for_inference: {name}'s BatchNorm2d has no running statistics "
+            raise ValueError(f"optimize_for_inference: {name}'s {type(bn).__name__} has no running statistics "
                              f"(track_running_stats=False), so there is nothing to fold")
     elif type(bn) is not FrozenBatchNorm2d:
-        raise TypeError(f"optimize_for_inference: {name} must be followed by nn.BatchNorm2d or FrozenBatchNorm2d, "
-                        f"got {type(bn).__name__}")
+        raise TypeError(f"optimize_for_inference: {name} must be followed by nn.BatchNorm2d (or a SyncBatchNorm) "
+                        f"or FrozenBatchNorm2d, got {type(bn).__name__}")
 
 
 def _fold(conv: nn.Module, bn: nn.Module, dtype: torch.dtype, name: str) -> _FoldedConv:
@@ -185,7 +188,8 @@ class InferenceResNet(nn.Module):
     """The result of optimize_for_inference (see the module docstring). It registers no parameters
     and cannot be moved or cast: optimize the source model again for another device or dtype."""
 
-    def __init__(self, model: ResNet, dtype: torch.dtype, cuda_graph: bool, max_graphs: int, track_updates: bool):
+    def __init__(self, model: nn.Module, stages: Tuple[str, ...], pool: Optional[nn.Module], dtype: torch.dtype,
+                 cuda_graph: bool, max_graphs: int, track_updates: bool):
         super().__init__()
         self.__dict__["source"] = model  # not a submodule: no second copy in state_dict(), .to() etc.
         self.dtype, self.track_updates, self.max_graphs = dtype, track_updates, max_graphs
@@ -195,12 +199,12 @@ class InferenceResNet(nn.Module):
         if type(model.relu) is not nn.ReLU:
             raise TypeError(f"optimize_for_inference: the stem's activation must be nn.ReLU, got {model.relu!r}")
         self.stem = _fold(model.conv1, model.bn1, dtype, "conv1")
-        self.blocks = [_plan_block(b, dtype, f"{lname}.{i}") for lname in ("layer1", "layer2", "layer3", "layer4")
+        self.blocks = [_plan_block(b, dtype, f"{lname}.{i}") for lname in stages
                        for i, b in enumerate(getattr(model, lname))]
-        self.pools = (model.maxpool, model.avgpool)
-        for pool in self.pools:
-            if any(True for _ in pool.parameters()):
-                raise TypeError(f"optimize_for_inference: pooling must be parameter-free, got {pool!r}")
+        self.pools = (pool, model.avgpool)  # after the stem (None: CIFAR nets have none), before fc
+        for p in self.pools:
+            if p is not None and any(True for _ in p.parameters()):
+                raise TypeError(f"optimize_for_inference: pooling must be parameter-free, got {p!r}")
         # fc: nn.Linear is cast once; any other head (nn.Identity, a custom Sequential) runs as is.
         self.__dict__["head"] = _CastLinear(model.fc, dtype, "fc") if type(model.fc) is nn.Linear else model.fc
         self._frozen: List[_Frozen] = [self.stem, *(u for b in self.blocks for u in b.units),
@@ -234,8 +238,10 @@ class InferenceResNet(nn.Module):
 
     def _run(self, x: Tensor) -> Tensor:
         """The folded forward on x already in dtype, channels_last."""
-        maxpool, avgpool = self.pools
-        x = maxpool(self.stem(x))
+        pool, avgpool = self.pools
+        x = self.stem(x)
+        if pool is not None:
+            x = pool(x)
         for units, shortcut, residual in self.blocks:
             r = None if not residual else x if shortcut is None else \
                 shortcut(x, relu=False) if isinstance(shortcut, _FoldedConv) else shortcut(x)
@@ -289,19 +295,23 @@ def optimize_for_inference(model: nn.Module, dtype: Optional[torch.dtype] = None
                            max_graphs: int = 4, track_updates: bool = True) -> InferenceResNet:
     """A folded, cast-once, optionally CUDA-graphed inference version of `model` (module docstring).
 
-    model: a resnet_fast.ResNet or a torchvision ResNet (converted with from_torchvision, sharing its
-    tensors). dtype: the compute dtype (default: the model's; e.g. torch.bfloat16 on a GPU).
+    model: a resnet_fast.ResNet or CifarResNet, or a torchvision ResNet (converted with from_torchvision,
+    sharing its tensors). dtype: the compute dtype (default: the model's; e.g. torch.bfloat16 on a GPU).
     cuda_graph: capture and replay CUDA graphs per input shape (CUDA only; ignored on CPU).
     max_graphs: how many input shapes get a graph; later shapes run eagerly."""
     if isinstance(model, tv.ResNet) and not isinstance(model, ResNet):
         model = from_torchvision(model)
-    if not isinstance(model, ResNet) or type(model)._forward_impl is not ResNet._forward_impl \
-            or type(model).forward is not tv.ResNet.forward:
-        raise TypeError(f"optimize_for_inference expects a resnet_fast or torchvision ResNet with the standard "
-                        f"forward, got {type(model).__name__}")
+    if isinstance(model, ResNet) and type(model)._forward_impl is ResNet._forward_impl \
+            and type(model).forward is tv.ResNet.forward:
+        stages, pool = ("layer1", "layer2", "layer3", "layer4"), model.maxpool
+    elif isinstance(model, CifarResNet) and type(model).forward is CifarResNet.forward:
+        stages, pool = ("layer1", "layer2", "layer3"), None
+    else:
+        raise TypeError(f"optimize_for_inference expects a resnet_fast ResNet / CifarResNet or a torchvision ResNet "
+                        f"with the standard forward, got {type(model).__name__}")
     dtype = model.conv1.weight.dtype if dtype is None else dtype
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     if not isinstance(max_graphs, int) or max_graphs < 0:
         raise ValueError(f"max_graphs must be a non-negative int, got {max_graphs!r}")
-    return InferenceResNet(model, dtype, bool(cuda_graph), max_graphs, bool(track_updates))
+    return InferenceResNet(model, stages, pool, dtype, bool(cuda_graph), max_graphs, bool(track_updates))

@@ -167,6 +167,26 @@ def test_custom_head_runs_as_is():
     assert not list(fast.parameters()) and not fast.state_dict()  # the source model owns every tensor
 
 
+VARIANTS = {
+    "resnet18-A": lambda: resnet_fast.resnet18(num_classes=10, shortcut="A"),
+    "resnet18-C": lambda: resnet_fast.resnet18(num_classes=10, shortcut="C"),
+    "resnet18-plain": lambda: resnet_fast.resnet18(num_classes=10, residual=False),
+    "cifar-resnet20-A-syncbn": lambda: resnet_fast.convert_sync_batchnorm(resnet_fast.resnet20(shortcut="A")),
+    "cifar-plain20": lambda: resnet_fast.plain20(),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_paper_variants_match_eval_model(variant):
+    """Zero-padded identity (A) and projection-everywhere (C) shortcuts, plain nets, the CIFAR stem."""
+    model = _randomize_norms(VARIANTS[variant]()).eval()
+    fast = resnet_fast.optimize_for_inference(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    assert_same(fast(x), expected, "cpu")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_cuda_graph_replay_and_refold():
