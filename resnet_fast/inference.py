@@ -9,11 +9,9 @@ Once, at construction:
     (reference.fold_bn: float64 math), then cast to `dtype` and laid out channels_last;
   * each runs as ops.conv_bias_act, bias + residual add + ReLU in the conv's epilogue; fc's weight is
     cast to `dtype` as well. Nothing is folded or cast per call.
-  * CPU float32 served by the native backend (oneDNN convolution with post-ops): each folded weight is
-    also reordered once, at its first call, into oneDNN's blocked layout for that call's input shape
-    (torch.ops.mkldnn._reorder_convolution_weight, as Inductor's CPU freezing does); oneDNN would
-    otherwise reorder the plain weight on every call. Other input shapes use it too (same results,
-    the layout is only a performance hint).
+  * CPU float32 on the native backend (oneDNN conv + post-ops): each folded weight is also reordered
+    once, at its first call, into oneDNN's blocked layout (as Inductor's CPU freezing does), instead of
+    oneDNN reordering it on every call; the layout is a performance hint, valid for any input shape.
 Per call the input is copied once into `dtype`, channels_last. On CUDA with cuda_graph=True the whole
 forward is captured as a CUDA graph at the first call with a new input shape (after warm-up runs on a
 side stream, which also keep Triton autotuning out of the capture) and replayed afterwards. The first
@@ -21,18 +19,16 @@ side stream, which also keep Triton autotuning out of the capture) and replayed 
 eviction, so a stream of changing shapes never pays for captures over and over). Each call returns a
 fresh tensor, never the graph's static output.
 
-Staleness: the result keeps references to the source model's tensors (it copies no module). With
-track_updates=True (the default) every call compares the storage pointer and version counter of each
-source tensor with those it folded from and refolds what changed, in place into the same buffers, so
-captured graphs stay valid: optimizer steps, load_state_dict and the running-statistics updates of
-training-mode forward passes are all picked up. Edits through `.data` bypass version counters: call
-`refresh()` after one. With track_updates=False the result is a snapshot until `refresh()`.
-
-It computes what model.eval() computes (running statistics) whatever the source model's mode; the
-source model itself is not modified. Moving the source model to another device after this call is
-an error at the next call (optimize it again instead).
+Staleness: the result references the source model's tensors. With track_updates=True (default) each
+call compares the storage pointer and version counter of every source tensor with those it folded
+from and refolds what changed in place, into the same buffers (captured graphs stay valid): optimizer
+steps, load_state_dict, running-statistics updates. `.data` edits bypass version counters: call
+`refresh()`. With track_updates=False the result is a snapshot until `refresh()`.
+It computes what model.eval() computes whatever the source model's mode, and leaves the model as it
+is. A source model moved to another device afterwards is an error at the next call.
 """
 
+import itertools
 from collections import OrderedDict
 from typing import List, NamedTuple, Optional, Tuple, Union
 
@@ -88,6 +84,7 @@ class _FoldedConv(_Frozen):
     """conv -> BatchNorm as one conv_bias_act: W' [Cout, Cin/g, R, S] channels_last and b' [Cout], in dtype."""
 
     def __init__(self, conv: nn.Conv2d, bn: nn.Module, dtype: torch.dtype, name: str):
+        _check_foldable(conv, bn, name)
         self.conv, self.bn, self.name, self.device = conv, bn, name, conv.weight.device
         self.args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
         w = conv.weight
@@ -147,7 +144,7 @@ class _Block(NamedTuple):
     residual: bool                                    # False: the paper's "plain" block, nothing added
 
 
-def _foldable(conv: nn.Module, bn: nn.Module, name: str) -> None:
+def _check_foldable(conv: nn.Module, bn: nn.Module, name: str) -> None:
     if type(conv) is not nn.Conv2d or conv.bias is not None or conv.padding_mode != "zeros" \
             or not isinstance(conv.padding, tuple):
         raise TypeError(f"optimize_for_inference: {name} must be a bias-free nn.Conv2d with numeric zero padding, "
@@ -161,22 +158,17 @@ def _foldable(conv: nn.Module, bn: nn.Module, name: str) -> None:
                         f"or FrozenBatchNorm2d, got {type(bn).__name__}")
 
 
-def _fold(conv: nn.Module, bn: nn.Module, dtype: torch.dtype, name: str) -> _FoldedConv:
-    _foldable(conv, bn, name)
-    return _FoldedConv(conv, bn, dtype, name)
-
-
 def _plan_block(block: nn.Module, dtype: torch.dtype, name: str) -> _Block:
     if type(block) not in (BasicBlock, Bottleneck) or type(block.relu) is not nn.ReLU:
         raise TypeError(f"optimize_for_inference: {name} is a {type(block).__name__}; only torchvision's / "
                         f"resnet_fast's BasicBlock and Bottleneck with nn.ReLU are supported")
-    units = [_fold(c, b, dtype, f"{name}.conv{i + 1}") for i, (c, b) in enumerate(block._units())]
+    units = [_FoldedConv(c, b, dtype, f"{name}.conv{i + 1}") for i, (c, b) in enumerate(block._units())]
     ds = block.downsample
     if ds is None:
         shortcut = None
     elif isinstance(ds, nn.Sequential) and len(ds) == 2:
-        shortcut = _fold(ds[0], ds[1], dtype, f"{name}.downsample")
-    elif not any(True for _ in ds.parameters()) and not any(True for _ in ds.buffers()):
+        shortcut = _FoldedConv(ds[0], ds[1], dtype, f"{name}.downsample")
+    elif not any(True for _ in itertools.chain(ds.parameters(), ds.buffers())):
         shortcut = ds  # e.g. the paper's option A (zero-padded identity): nothing to fold or cast
     else:
         raise TypeError(f"optimize_for_inference: {name}.downsample must be conv + BatchNorm or parameter-free, "
@@ -198,7 +190,7 @@ class InferenceResNet(nn.Module):
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         if type(model.relu) is not nn.ReLU:
             raise TypeError(f"optimize_for_inference: the stem's activation must be nn.ReLU, got {model.relu!r}")
-        self.stem = _fold(model.conv1, model.bn1, dtype, "conv1")
+        self.stem = _FoldedConv(model.conv1, model.bn1, dtype, "conv1")
         self.blocks = [_plan_block(b, dtype, f"{lname}.{i}") for lname in stages
                        for i, b in enumerate(getattr(model, lname))]
         self.pools = (pool, model.avgpool)  # after the stem (None: CIFAR nets have none), before fc
@@ -253,8 +245,7 @@ class InferenceResNet(nn.Module):
         return self.head(x)
 
     def _capture(self, x: Tensor):
-        static_in = torch.empty(x.shape, dtype=self.dtype, device=self.device,
-                                memory_format=torch.channels_last)
+        static_in = torch.empty(x.shape, dtype=self.dtype, device=self.device, memory_format=torch.channels_last)
         static_in.copy_(x)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -269,10 +260,9 @@ class InferenceResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        if self.track_updates:
-            for f in self._frozen:
-                if f.stale():
-                    f.refold()
+        for f in self._frozen if self.track_updates else ():
+            if f.stale():
+                f.refold()
         with torch.no_grad():
             key = tuple(x.shape)
             use_graph = self.cuda_graph and x.shape[0] > 0 and \
