@@ -5,7 +5,7 @@
 #   gpu_check-DATE.log        everything printed
 #   gpu-tests-DATE.xml        junit results of the GPU tests
 #   gpu-DATE.json             pytest-benchmark JSON (device, versions, limits in machine_info)
-#   gpu-DATE.md               the table (benchmarks/report.py), also printed last
+#   gpu-DATE.md, gpu-DATE.png the table and plot (benchmarks/report.py); the table is printed last
 #   conv_tuning.json          the per-shape conv choices measured on this GPU (commit it next to the
 #                             results; RESNET_FAST_TUNING_CACHE=<it> replays them without measuring)
 # to $OUT when set, else benchmarks/results/. Budget: 8 minutes on an H100 with start-up and
@@ -52,7 +52,8 @@ RESNET_FAST_BENCH=quick timeout 200 python -m pytest benchmarks/ --benchmark-onl
 
 stage "table"
 if [ -f "$DEST/gpu-$STAMP.json" ]; then
-  python benchmarks/report.py "$DEST/gpu-$STAMP.json" --markdown "$DEST/gpu-$STAMP.md" || status=1
+  python benchmarks/report.py "$DEST/gpu-$STAMP.json" --markdown "$DEST/gpu-$STAMP.md" --plot "$DEST/gpu-$STAMP.png" \
+    || status=1
   cat "$DEST/gpu-$STAMP.md"
 fi
 echo "gpu_check exit status: $status"
