@@ -18,6 +18,27 @@ def _relu(v):
 
 
 @triton.jit
+def _row_tile(M, C, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's [BLOCK_M, BLOCK_C] tile of an [M, C] row-major tensor: (cols, column mask,
+    element mask, element offsets)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    mask = (rows < M)[:, None] & cmask[None, :]
+    return cols, cmask, mask, rows.to(tl.int64)[:, None] * C + cols[None, :]
+
+
+@triton.jit
+def _load_centered(ptr, offs, mask, mean_ptr, cols, cmask, HAS_MEAN: tl.constexpr):
+    """t - mean (per column) in the stat dtype (mean_ptr's; the launcher passes a stat-dtype vector
+    as mean_ptr when there is no mean); just t without a mean."""
+    t = tl.load(ptr + offs, mask=mask, other=0.0).to(mean_ptr.dtype.element_ty)
+    if HAS_MEAN:
+        t = t - tl.load(mean_ptr + cols, mask=cmask, other=0.0)[None, :]
+    return t
+
+
+@triton.jit
 def _bn_act_fwd_kernel(
     x_ptr, out_ptr,                      # [M, C] activation dtype
     mean_ptr, scale_ptr, bias_ptr,       # [C] stat dtype
@@ -29,23 +50,14 @@ def _bn_act_fwd_kernel(
 ):
     """out = act((x - mean)*scale + bias + r), r = 0 (RES_MODE 0), residual (1),
     (residual - rmean)*rscale + rbias (2, dual BN)."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    mask = (rows < M)[:, None] & cmask[None, :]
-    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+    cols, cmask, mask, offs = _row_tile(M, C, BLOCK_M, BLOCK_C)
     scale = tl.load(scale_ptr + cols, mask=cmask, other=0.0)
-    sdt = scale.dtype
-    v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(sdt)
-    if HAS_MEAN:
-        v = v - tl.load(mean_ptr + cols, mask=cmask, other=0.0)[None, :]
+    v = _load_centered(x_ptr, offs, mask, mean_ptr, cols, cmask, HAS_MEAN)
     v = v * scale[None, :] + tl.load(bias_ptr + cols, mask=cmask, other=0.0)[None, :]
     if RES_MODE == 1:
-        v = v + tl.load(res_ptr + offs, mask=mask, other=0.0).to(sdt)
+        v = v + tl.load(res_ptr + offs, mask=mask, other=0.0).to(scale.dtype)
     if RES_MODE == 2:
-        r = tl.load(res_ptr + offs, mask=mask, other=0.0).to(sdt)
-        if HAS_RMEAN:
-            r = r - tl.load(rmean_ptr + cols, mask=cmask, other=0.0)[None, :]
+        r = _load_centered(res_ptr, offs, mask, rmean_ptr, cols, cmask, HAS_RMEAN)
         v = v + r * tl.load(rscale_ptr + cols, mask=cmask, other=0.0)[None, :] \
             + tl.load(rbias_ptr + cols, mask=cmask, other=0.0)[None, :]
     if RELU:
@@ -68,12 +80,7 @@ def _bn_act_bwd_kernel(
 ):
     """g = grad_out * (out > 0 when RELU); dx = g*scale; dres = g*rscale (DUAL) or g;
     partials of sum g, sum g*(x - mean), sum g*(residual - rmean) for this block of rows."""
-    pid_m = tl.program_id(0)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    mask = (rows < M)[:, None] & cmask[None, :]
-    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+    cols, cmask, mask, offs = _row_tile(M, C, BLOCK_M, BLOCK_C)
     scale = tl.load(scale_ptr + cols, mask=cmask, other=0.0)
     sdt = scale.dtype
     g = tl.load(gout_ptr + offs, mask=mask, other=0.0).to(sdt)
@@ -88,18 +95,14 @@ def _bn_act_bwd_kernel(
         else:
             d = g
         tl.store(dres_ptr + offs, d.to(dres_ptr.dtype.element_ty), mask=mask)
-    poffs = pid_m * C + cols
+    poffs = tl.program_id(0) * C + cols
     if NEED_SUM:
         tl.store(psum_ptr + poffs, tl.sum(g, axis=0), mask=cmask)
     if NEED_XSUM:
-        xc = tl.load(x_ptr + offs, mask=mask, other=0.0).to(sdt)
-        if HAS_MEAN:
-            xc = xc - tl.load(mean_ptr + cols, mask=cmask, other=0.0)[None, :]
+        xc = _load_centered(x_ptr, offs, mask, mean_ptr, cols, cmask, HAS_MEAN)
         tl.store(pxs_ptr + poffs, tl.sum(g * xc, axis=0), mask=cmask)
     if NEED_RSUM:
-        rc = tl.load(res_ptr + offs, mask=mask, other=0.0).to(sdt)
-        if HAS_RMEAN:
-            rc = rc - tl.load(rmean_ptr + cols, mask=cmask, other=0.0)[None, :]
+        rc = _load_centered(res_ptr, offs, mask, rmean_ptr, cols, cmask, HAS_RMEAN)
         tl.store(prs_ptr + poffs, tl.sum(g * rc, axis=0), mask=cmask)
 
 
