@@ -1,6 +1,9 @@
 """Op-level benchmarks: each fused op against the eager PyTorch sequence it replaces, forward and
 backward, on resnet50 layer shapes (batch 256 bf16 on a GPU, batch 8 float32 on CPU).
 
+On a GPU each op is also timed per implementation behind it (VARIANTS below): the native CUDA C++
+kernels, and for the convolutions the Triton GEMM and cuDNN forced, so the results say which to keep.
+
     op             fused (torch.ops.resnet_fast)                 eager sequence it replaces
     conv_bn_stats  conv(relu((x - m)*s + b)) + channel mean/var  batch_norm(given stats), relu, conv2d, var_mean
     bn_act         relu(bn(y) + bn(yd)), the block end           batch_norm(y) + batch_norm(yd), relu
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 
 import harness
 from harness import DEVICE, DTYPE, OP_BATCH
-from resnet_fast import ops
+from resnet_fast import _dispatch, ops
 
 EPS = 1e-5
 N = OP_BATCH
@@ -79,8 +82,8 @@ def conv_bn_stats(cin, cout, hw, k, stride, impl) -> Spec:
     x_b, w_b = N * cin * hw * hw * DTYPE.itemsize, cout * cin * k * k * DTYPE.itemsize
     y_b = N * cout * out_hw * out_hw * DTYPE.itemsize
     flops = 2.0 * N * out_hw * out_hw * cout * cin * k * k
-    wrt = ("x", "scale", "beta", "w") if impl == "resnet_fast" else ("x", "gamma", "beta", "w")
-    return Spec(make, fused if impl == "resnet_fast" else eager, wrt, x_b + w_b, (flops, 2 * flops),
+    wrt = ("x", "scale", "beta", "w") if impl != "eager" else ("x", "gamma", "beta", "w")
+    return Spec(make, fused if impl != "eager" else eager, wrt, x_b + w_b, (flops, 2 * flops),
                 (x_b + w_b + y_b, 2 * (x_b + w_b + y_b)), f"x {N}x{cin}x{hw}x{hw}, W {cout}x{cin}x{k}x{k}, s{stride}")
 
 
@@ -102,9 +105,9 @@ def bn_act(c, hw, impl) -> Spec:
         return (F.relu(main + short),)
 
     a_b = N * c * hw * hw * DTYPE.itemsize
-    scale = ("scale", "scaled") if impl == "resnet_fast" else ("gamma", "gammad")
+    scale = ("scale", "scaled") if impl != "eager" else ("gamma", "gammad")
     wrt = ("y", scale[0], "beta", "yd", scale[1], "betad")
-    return Spec(make, fused if impl == "resnet_fast" else eager, wrt, 2 * a_b, (0.0, 0.0), (3 * a_b, 6 * a_b),
+    return Spec(make, fused if impl != "eager" else eager, wrt, 2 * a_b, (0.0, 0.0), (3 * a_b, 6 * a_b),
                 f"2 x {N}x{c}x{hw}x{hw}, dual BN + residual + ReLU")
 
 
@@ -121,7 +124,7 @@ def conv_bias_act(cin, cout, hw, impl) -> Spec:
     x_b, w_b, o_b = (N * cin * hw * hw * DTYPE.itemsize, cout * cin * DTYPE.itemsize,
                      N * cout * hw * hw * DTYPE.itemsize)
     flops = 2.0 * N * hw * hw * cout * cin
-    return Spec(make, fused if impl == "resnet_fast" else eager, ("x", "w", "b", "res"), x_b + w_b + o_b,
+    return Spec(make, fused if impl != "eager" else eager, ("x", "w", "b", "res"), x_b + w_b + o_b,
                 (flops, 2 * flops), (x_b + w_b + 2 * o_b, 2 * x_b + 2 * w_b + 3 * o_b),
                 f"x {N}x{cin}x{hw}x{hw}, W {cout}x{cin}x1x1, + residual + ReLU")
 
@@ -133,12 +136,30 @@ LAYERS = [
     ("bn_act", "layer1 block end", lambda impl: bn_act(256, 56, impl)),
     ("conv_bias_act", "layer1.conv3 1x1 (eval)", lambda impl: conv_bias_act(64, 256, 56, impl)),
 ]
+# On a GPU, the alternatives behind each op too, so the measurements decide between them (issue: one
+# GPU implementation per op, Triton or CUDA C++, whichever is faster; Triton GEMM or cuDNN per shape):
+# impl -> (backend, RESNET_FAST_CONV). "resnet_fast" is the default choice (per-shape tuning).
+VARIANTS = {"resnet_fast": None, "resnet_fast_native": ("native", "auto"),
+            "resnet_fast_triton_gemm": ("triton", "triton"), "resnet_fast_cudnn_gemm": ("triton", "aten")}
+
+
+def _impls(op):
+    if DEVICE.type != "cuda":
+        return ("eager", "resnet_fast")
+    conv = ("resnet_fast_triton_gemm", "resnet_fast_cudnn_gemm") if op.startswith("conv") else ()
+    return ("eager", "resnet_fast", "resnet_fast_native", *conv)
+
+
 CASES = [pytest.param(op, layer, build, direction, impl, id=f"{op}-{layer.split()[0]}-{direction}-{impl}")
-         for op, layer, build in LAYERS for direction in ("forward", "backward") for impl in ("eager", "resnet_fast")]
+         for op, layer, build in LAYERS for direction in ("forward", "backward") for impl in _impls(op)]
 
 
 @pytest.mark.parametrize("op,layer,build,direction,impl", CASES)
-def test_op(benchmark, op, layer, build, direction, impl):
+def test_op(benchmark, monkeypatch, op, layer, build, direction, impl):
+    variant = VARIANTS.get(impl)
+    if variant is not None:
+        monkeypatch.setitem(_dispatch._chosen, DEVICE.type, variant[0])
+        monkeypatch.setenv("RESNET_FAST_CONV", variant[1])
     spec = build(impl)
     sets = [spec.make() for _ in range(harness.rotation(spec.set_bytes))]
     if direction == "forward":
