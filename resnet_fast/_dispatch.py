@@ -11,8 +11,8 @@ An op a backend does not implement falls back to the reference.
 Choice, per device type, made on first use unless RESNET_FAST_BACKEND overrides it:
   cpu   native when resnet_fast._C loaded, else reference (triton only when asked for and
         TRITON_INTERPRET=1: the interpreter, for tests);
-  cuda  triton when triton imports and the GPU is sm_80 or newer, else native if built, else
-        reference. The CUDA C++ kernels compile in CI but have not yet run on a GPU.
+  cuda  triton when triton imports and the GPU is sm_80 or newer, else reference. The CUDA C++
+        kernels (native) compile in CI but have not yet run on a GPU: they serve only when asked for.
   other reference.
 RESNET_FAST_BACKEND=reference|native|triton|auto (default auto).
 """
@@ -64,7 +64,7 @@ def _choose(device_type: str) -> str:
         if wanted == "triton":
             warnings.warn(f"resnet_fast: the Triton backend cannot serve {device_type} (needs triton, and a GPU "
                           "of compute capability 8.0+, or TRITON_INTERPRET=1 on CPU); using the reference backend")
-            return "reference"
+        return "reference"  # auto on CUDA never picks the CUDA C++ kernels: unverified on hardware
     if device_type not in ("cpu", "cuda") or not _native_supports(device_type):
         if wanted == "native":
             warnings.warn(f"resnet_fast: native kernels unavailable on {device_type} "
