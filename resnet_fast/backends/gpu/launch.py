@@ -130,6 +130,7 @@ def conv2d(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[i
     stats: returns (y, mean, var); otherwise y = act(conv + bias [+ residual]) (relu/bias/residual)."""
     n, cin, h, w = x.shape
     cout, cin_g, r, s = weight.shape
+    weight = weight.contiguous(memory_format=CL)  # (Cout, R, S, Cin_g): a B tile's channels are contiguous
     p = out_size(h, r, stride[0], padding[0], dilation[0])
     q = out_size(w, s, stride[1], padding[1], dilation[1])
     m = n * p * q
