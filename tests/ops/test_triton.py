@@ -136,3 +136,41 @@ def test_tuning_cache_and_switch(tmp_path, monkeypatch):
         tuning.choose("k", torch.device("cpu"), 8, 8, 64, torch.float32, lambda c: None)
     for cin_g, cout_g in ((3, 64), (4, 4), (256, 512)):
         assert all(c.block_n >= 16 and c.block_k >= 16 for c in tuning.candidates(cin_g, cout_g))
+
+
+def test_tuning_measures_once_keeps_the_fastest_and_replays(tmp_path, monkeypatch):
+    """choose() on a (simulated) GPU: times every candidate once, keeps the fastest, writes it to the
+    cache file, and afterwards (also while a CUDA graph is captured) replays it without measuring."""
+    from resnet_fast.backends.gpu import tuning
+
+    monkeypatch.setenv("RESNET_FAST_TUNING_CACHE", str(tmp_path / "t.json"))
+    monkeypatch.delenv("RESNET_FAST_CONV", raising=False)
+    monkeypatch.setattr(tuning, "_memory", {})
+    monkeypatch.setattr(tuning, "_loaded_from", None)
+    monkeypatch.setattr(tuning, "_device_key", lambda device: "GPU|torch|triton")
+    capturing = [False]
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    cands = tuning.candidates(64, 64)
+    fastest = cands[len(cands) // 2]
+    timed = []
+
+    def fake_time(run):
+        choice = run()
+        timed.append(choice)
+        return 1.0 if choice == fastest else 2.0
+
+    monkeypatch.setattr(tuning, "_time", fake_time)
+    cuda = torch.device("cuda")
+    run = lambda choice: choice  # noqa: E731
+    assert tuning.choose("shape1", cuda, 64, 64, 4096, torch.float16, run) == fastest
+    assert set(timed) == {tuning.ATEN, *cands}
+    assert json.loads((tmp_path / "t.json").read_text()) == {"GPU|torch|triton|shape1": fastest.name()}
+    timed.clear()
+    capturing[0] = True
+    assert tuning.choose("shape1", cuda, 64, 64, 4096, torch.float16, run) == fastest
+    assert tuning.choose("shape2", cuda, 64, 64, 4096, torch.float16, run) == tuning.default_config(64, 64, 4096)
+    capturing[0] = False
+    monkeypatch.setattr(tuning, "_memory", {})
+    monkeypatch.setattr(tuning, "_loaded_from", None)  # a new process: the file answers
+    assert tuning.choose("shape1", cuda, 64, 64, 4096, torch.float16, run) == fastest
+    assert timed == [] and tuning.choose("s", cuda, 64, 64, 64, torch.float64, run) == tuning.ATEN

@@ -8,10 +8,12 @@ are cached in memory and on disk (JSON), keyed by device name, torch and triton 
 later process, or another machine of the same kind given the same file, makes the same choices:
     RESNET_FAST_TUNING_CACHE=path   the file (default ~/.cache/resnet_fast/conv_tuning.json)
     RESNET_FAST_CONV=auto|triton|aten  force a strategy (auto: measure; tests force both)
-Nothing is measured while a CUDA graph is being captured, on CPU (the Triton interpreter) or with
-RESNET_FAST_CONV set: the heuristic default below is used then, and not recorded.
+Nothing is measured on CPU (the Triton interpreter), with RESNET_FAST_CONV set, or while a CUDA graph
+is being captured (a shape first seen during capture gets the heuristic default, not recorded; one
+seen in the warm-up keeps its measured choice): the heuristic default below is used then.
 """
 
+import functools
 import json
 import os
 import statistics
@@ -98,6 +100,7 @@ def _save() -> None:
         pass  # a read-only home: choices stay in memory for this process
 
 
+@functools.lru_cache(maxsize=None)
 def _device_key(device: torch.device) -> str:
     import triton
 
@@ -132,18 +135,20 @@ def choose(key: str, device: torch.device, cin_g: int, cout_g: int, m: int, dtyp
         raise ValueError(f"RESNET_FAST_CONV must be auto, triton or aten; got {forced!r}")
     if dtype == torch.float64 or forced == ATEN:
         return ATEN  # the Triton GEMM accumulates in float32: float64 stays on aten
-    if forced == "triton" or device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+    if forced == "triton" or device.type != "cuda":
         return default_config(cin_g, cout_g, m)
     _load()
     full_key = f"{_device_key(device)}|{key}"
-    if full_key in _memory:
+    if full_key in _memory:  # also while capturing: the choice the warm-up compiled
         return _parse(_memory[full_key])
+    if torch.cuda.is_current_stream_capturing():
+        return default_config(cin_g, cout_g, m)
     timings = {ATEN: _time(lambda: run(ATEN))}
     for cfg in candidates(cin_g, cout_g):
         try:
             timings[cfg.name()] = _time(lambda: run(cfg))
-        except Exception:  # noqa: BLE001  (a configuration that does not compile here: out of resources)
-            continue
+        except Exception:  # noqa: BLE001  (a configuration that does not compile or launch here, e.g.
+            continue       # out of shared memory: it is simply not a candidate on this GPU)
     _memory[full_key] = min(timings, key=timings.get)
     _save()
     return _parse(_memory[full_key])
