@@ -68,7 +68,11 @@ def folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, like: Tensor) -> Tuple[Tensor, T
     fmt = reference.memory_format_of(like)
     tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors[:3])
-    if needs_grad or torch.compiler.is_compiling():
+    # Under torch.compile or CUDA-graph capture the fold must be part of what is traced / recorded:
+    # a replay never runs this Python check, so a cached fold would go stale when weights change.
+    # (is_compiling first: dynamo folds it to True and never traces the capture query.)
+    if torch.compiler.is_compiling() or needs_grad or (
+            like.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         w, b = reference.fold_bn(conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
         return w.contiguous(memory_format=fmt), b
     key = (tuple(None if t is None else (t.data_ptr(), t._version, t.device) for t in tensors), bn.eps, fmt)

@@ -167,3 +167,28 @@ def test_training_step_captures_in_cuda_graph():
     torch.testing.assert_close(static_loss, loss_e, rtol=2e-2, atol=2e-2)
     for (name, p), q in zip(fast.named_parameters(), tv.parameters()):
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_eval_forward_in_cuda_graph_sees_weight_changes():
+    """model.eval() captured in a CUDA graph refolds BatchNorm inside the graph (the fold cache is
+    bypassed during capture), so a replay after a weight / running-stat change is not stale."""
+    tv, fast, _ = _models("resnet18", "cuda", torch.float32)
+    fast.eval(), tv.eval()
+    x = torch.randn(4, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(2):
+            fast(x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        static_out = fast(x)
+    with torch.no_grad():
+        for m in (fast, tv):
+            m.layer1[0].bn1.running_mean.add_(0.5)
+            m.layer2[0].conv1.weight.mul_(1.5)
+        graph.replay()
+        torch.testing.assert_close(static_out, tv(x), rtol=1e-3, atol=1e-3)

@@ -152,12 +152,13 @@ def test_tuning_measures_once_keeps_the_fastest_and_replays(tmp_path, monkeypatc
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
     cands = tuning.candidates(64, 64)
     fastest = cands[len(cands) // 2]
+    wrong = cands[0]  # the quickest, but its output disagrees with aten's: never chosen
     timed = []
 
     def fake_time(run):
         choice = run()
         timed.append(choice)
-        return 1.0 if choice == fastest else 2.0
+        return (0.5 if choice == wrong else 1.0 if choice == fastest else 2.0), torch.full((3,), float(choice == wrong))
 
     monkeypatch.setattr(tuning, "_time", fake_time)
     cuda = torch.device("cuda")

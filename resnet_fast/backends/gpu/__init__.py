@@ -14,6 +14,7 @@ bn_finalize and update_running_stats (a few per-channel vector ops) come from th
 Activations run NHWC inside; an NCHW input is converted, and results come back in the input's format.
 """
 
+import functools
 from typing import List, Optional, Sequence
 
 import torch
@@ -21,6 +22,20 @@ from torch import Tensor
 
 from . import launch, tuning
 from .launch import nhwc
+
+
+def _on_tensor_device(fn):
+    """Runs an op on its first tensor's device: Triton launches on the *current* CUDA device, and
+    custom ops get no device guard (a model on cuda:1 without torch.cuda.set_device(1))."""
+    @functools.wraps(fn)
+    def guarded(*args):
+        x = next(a for a in args if isinstance(a, Tensor))
+        if x.device.type != "cuda":
+            return fn(*args)
+        with torch.cuda.device(x.device):
+            return fn(*args)
+
+    return guarded
 
 
 def _fmt(x: Tensor) -> torch.memory_format:
@@ -47,10 +62,12 @@ def _conv_key(kind: str, x: Tensor, weight: Tensor, stride, padding, dilation, g
 def _choose(kind, x, weight, stride, padding, dilation, groups, flags, run):
     m = x.shape[0] * launch.out_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0]) \
         * launch.out_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
-    key = _conv_key(kind, x, weight, stride, padding, dilation, groups, flags)
+    key = _conv_key(kind, x, weight, stride, padding, dilation, groups,
+                    f"{flags}|{launch.dot_precision(x.dtype)}")
     return tuning.choose(key, x.device, weight.shape[1], weight.shape[0] // groups, m, x.dtype, run)
 
 
+@_on_tensor_device
 def conv_bn_stats(x, in_mean, in_scale, in_bias, in_relu, weight, stride, padding, dilation, groups):
     xs = nhwc(x)
     prologue = (in_mean, in_scale, in_bias, in_relu) if in_scale is not None else None
@@ -68,6 +85,7 @@ def conv_bn_stats(x, in_mean, in_scale, in_bias, in_relu, weight, stride, paddin
     return _back(y, x), mean, var
 
 
+@_on_tensor_device
 def conv_bn_stats_backward(grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias, in_relu, weight, y, mean,
                            stride, padding, dilation, groups, output_mask: Sequence[bool]) -> List[Tensor]:
     need_x, need_mean, need_scale, need_bias, need_w = output_mask
@@ -90,12 +108,14 @@ def conv_bn_stats_backward(grad_y, grad_mean, grad_var, x, in_mean, in_scale, in
             xsum if need_scale else x.new_empty(0), total if need_bias else x.new_empty(0), dw]
 
 
+@_on_tensor_device
 def bn_act(x, mean, scale, bias, residual, res_mean, res_scale, res_bias, relu):
     out = launch.bn_act(nhwc(x), mean, scale, bias, nhwc(residual) if residual is not None else None, res_mean,
                         res_scale, res_bias, relu)
     return _back(out, x)
 
 
+@_on_tensor_device
 def bn_act_backward(grad_out, out, x, mean, scale, bias, residual, res_mean, res_scale, res_bias, relu,
                     output_mask: Sequence[bool]) -> List[Tensor]:
     need_x, need_mean, need_scale, need_bias, need_res, need_rmean, need_rscale, need_rbias = output_mask
@@ -119,6 +139,7 @@ def bn_act_backward(grad_out, out, x, mean, scale, bias, residual, res_mean, res
             total.clone() if need_rbias and res_bias is not None else empty()]
 
 
+@_on_tensor_device
 def conv_bias_act(x, weight, bias, residual, relu, stride, padding, dilation, groups):
     xs = nhwc(x)
     res = nhwc(residual) if residual is not None else None
@@ -139,6 +160,7 @@ def conv_bias_act(x, weight, bias, residual, relu, stride, padding, dilation, gr
     return _back(run(choice), x)
 
 
+@_on_tensor_device
 def conv_bias_act_backward(grad_out, out, x, weight, bias, residual, relu, stride, padding, dilation, groups,
                            output_mask: Sequence[bool]) -> List[Tensor]:
     need_x, need_w, need_b, need_res = output_mask

@@ -3,7 +3,8 @@ prologue/epilogue) in one of a few block configurations, or aten's convolution (
 BatchNorm work done by the Triton memory-bound kernels around it.
 
 The choice comes from measurement: the first call for a shape times every candidate on the actual
-inputs (CUDA events, after a warm-up call that compiles the kernel) and keeps the fastest. Choices
+inputs (CUDA events, after a warm-up call that compiles the kernel) and keeps the fastest among those
+whose output agrees with aten's (a miscompiled configuration is never chosen). Choices
 are cached in memory and on disk (JSON), keyed by device name, torch and triton versions, so a
 later process, or another machine of the same kind given the same file, makes the same choices:
     RESNET_FAST_TUNING_CACHE=path   the file (default ~/.cache/resnet_fast/conv_tuning.json)
@@ -107,8 +108,10 @@ def _device_key(device: torch.device) -> str:
     return f"{torch.cuda.get_device_name(device)}|torch {torch.__version__}|triton {triton.__version__}"
 
 
-def _time(run: Callable[[], object], reps: int = 5) -> float:
-    run()  # compile / cuDNN algorithm search, outside the timing
+def _time(run: Callable[[], object], reps: int = 5):
+    """(median ms of `reps` timed calls, the first call's output). The first call also compiles /
+    runs cuDNN's algorithm search, outside the timing."""
+    first = run()
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -117,7 +120,22 @@ def _time(run: Callable[[], object], reps: int = 5) -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return statistics.median(times), first
+
+
+def _agrees(out, ref) -> bool:
+    """A candidate's outputs match aten's within a bound loose enough for bf16 and tf32 rounding and
+    tight enough to catch a miscompiled kernel (garbage, NaN, missing tiles): such a candidate is
+    dropped, however fast."""
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    refs = ref if isinstance(ref, (tuple, list)) else (ref,)
+    for a, b in zip(outs, refs):
+        a, b = a.float(), b.float()
+        if a.shape != b.shape or not bool(torch.isfinite(a).all()):
+            return False
+        if b.numel() and float((a - b).abs().max()) > 0.05 * float(b.abs().max()) + 1e-3:
+            return False
+    return True
 
 
 def _parse(name: str):
@@ -143,12 +161,15 @@ def choose(key: str, device: torch.device, cin_g: int, cout_g: int, m: int, dtyp
         return _parse(_memory[full_key])
     if torch.cuda.is_current_stream_capturing():
         return default_config(cin_g, cout_g, m)
-    timings = {ATEN: _time(lambda: run(ATEN))}
+    timings = {}
+    timings[ATEN], reference = _time(lambda: run(ATEN))
     for cfg in candidates(cin_g, cout_g):
         try:
-            timings[cfg.name()] = _time(lambda: run(cfg))
+            elapsed, out = _time(lambda: run(cfg))
         except Exception:  # noqa: BLE001  (a configuration that does not compile or launch here, e.g.
             continue       # out of shared memory: it is simply not a candidate on this GPU)
+        if _agrees(out, reference):
+            timings[cfg.name()] = elapsed
     _memory[full_key] = min(timings, key=timings.get)
     _save()
     return _parse(_memory[full_key])
