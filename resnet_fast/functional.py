@@ -103,7 +103,8 @@ def conv_bn(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, updates
         x = _cast(materialize(a), cast)
         w, b = folded(conv, bn, x)
         res = _cast(materialize(residual), x.dtype) if residual is not None else None
-        w, b = _cast(w, x.dtype), _cast(b, x.dtype)
+        # The folded shift stays in float32 under autocast (eager applies BatchNorm in float32 too).
+        w, b = _cast(w, x.dtype), _cast(b, reference.stat_dtype(x.dtype) if cast is not None else x.dtype)
         return Pending(ops.conv_bias_act(x, w, b, res, relu, stride, padding, dilation, groups))
     x = _cast(a.y, cast)
     y, mean, var = ops.conv_bn_stats(x, a.mean, a.scale, a.bias, a.relu, _cast(conv.weight, x.dtype), stride, padding,

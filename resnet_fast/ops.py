@@ -308,7 +308,8 @@ def _(grad_out, out, x, mean, scale, bias, residual, res_mean, res_scale, res_bi
 @torch.library.custom_op("resnet_fast::conv_bias_act", mutates_args=())
 def conv_bias_act(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optional[Tensor], relu: bool,
                   stride: List[int], padding: List[int], dilation: List[int], groups: int) -> Tensor:
-    """act(conv(x, weight) + bias [+ residual])."""
+    """act(conv(x, weight) + bias [+ residual]). bias may be in the input's dtype or, to keep a folded
+    BatchNorm shift exact under autocast, in the stat dtype (float32): then it is added in that precision."""
     _check_cba(x, weight, bias, residual, stride, padding, dilation, groups)
     with _no_autocast(x):
         return _dispatch.kernel("conv_bias_act", x)(x, weight, bias, residual, relu, stride, padding, dilation,
@@ -318,7 +319,8 @@ def conv_bias_act(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: O
 def _check_cba(x, weight, bias, residual, stride, padding, dilation, groups):
     shape = _check_conv(x, weight, stride, padding, dilation, groups)
     _check_vec(bias, shape[1], x, "bias")
-    torch._check(bias is None or bias.dtype == x.dtype, lambda: f"bias dtype {bias.dtype} differs from {x.dtype}")
+    torch._check(bias is None or bias.dtype in (x.dtype, stat_dtype(x.dtype)),
+                 lambda: f"bias dtype {bias.dtype} must be the input's ({x.dtype}) or {stat_dtype(x.dtype)}")
     if residual is not None:
         torch._check(tuple(residual.shape) == tuple(shape),
                      lambda: f"residual has shape {tuple(residual.shape)}, expected {tuple(shape)}")

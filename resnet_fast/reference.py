@@ -118,8 +118,13 @@ def fold_bn(conv_weight: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[
 
 def conv_bias_act(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optional[Tensor], relu: bool,
                   stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int) -> Tensor:
-    """act(conv(x, weight) + bias [+ residual]): a conv with BN folded in, eval mode."""
-    out = conv(x, weight, bias, stride, padding, dilation, groups)
+    """act(conv(x, weight) + bias [+ residual]): a conv with BN folded in, eval mode. A bias in a wider
+    dtype than x (float32 for bf16/fp16 x) is added in that precision, then rounded once."""
+    if bias is None or bias.dtype == x.dtype:
+        out = conv(x, weight, bias, stride, padding, dilation, groups)
+    else:
+        out = conv(x, weight, None, stride, padding, dilation, groups)
+        out = (out.to(bias.dtype) + _c(bias)).to(x.dtype).contiguous(memory_format=memory_format_of(x))
     if residual is not None:
         out = out + residual
     if relu:

@@ -153,6 +153,22 @@ def test_conv_bias_act(case, fmt, residual, relu, device):
     torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
 
 
+@pytest.mark.parametrize("residual,relu", [(False, False), (True, True)])
+def test_conv_bias_act_float32_bias(residual, relu, device):
+    """A folded BatchNorm shift kept in float32 for float16 activations (autocast eval) is added in
+    float32 and rounded once: at least as close to float64 as rounding the shift to float16 first."""
+    dt = torch.float16
+    x, _, w, s, p, d, g = conv_args(CONVS[1], device, dt, CL, False)
+    b = torch.randn(w.shape[0], device=device) * 30  # large shifts: where float16 rounding shows
+    r = act(ref.conv(x, w, None, s, p, d, g).shape, device, dt, CL) if residual else None
+    out = ops.conv_bias_act(x, w, b, r, relu, s, p, d, g)
+    eager = ref.conv_bias_act(x, w, b.to(dt), r, relu, s, p, d, g)
+    ref64 = ref.conv_bias_act(x.double(), w.double(), b.double(), None if r is None else r.double(), relu, s, p, d,
+                              g)
+    assert out.dtype == dt
+    assert_close_to_ref("out", out, eager, ref64, dtype=dt, factor=1.0)
+
+
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_update_running_stats_matches_batchnorm(momentum, device):
     bn = torch.nn.BatchNorm2d(5, momentum=momentum).to(device)

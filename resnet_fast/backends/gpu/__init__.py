@@ -148,7 +148,7 @@ def conv_bias_act(x, weight, bias, residual, relu, stride, padding, dilation, gr
         if choice != tuning.ATEN:
             return launch.conv2d(xs, weight, stride, padding, dilation, groups, choice, bias=bias, residual=res,
                                  relu=relu)
-        if res is None and not relu:
+        if res is None and not relu and (bias is None or bias.dtype == xs.dtype):
             return _aten_conv(xs, weight, bias, stride, padding, dilation, groups)
         y = _aten_conv(xs, weight, None, stride, padding, dilation, groups)
         sdt = launch.stat_dtype(y.dtype)
