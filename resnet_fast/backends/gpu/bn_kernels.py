@@ -139,32 +139,39 @@ def _channel_stats_partial_kernel(
 @triton.jit
 def _stats_merge_kernel(
     pmean_ptr, pm2_ptr,                  # [T, C]: tile t holds min(TILE_M, M - t*TILE_M) rows
-    mean_ptr, var_ptr,                   # [C] outputs: mean and biased variance over all M rows
-    T, M, C, TILE_M,
-    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    out_mean_ptr, out_m2_ptr,            # [G, C]: group g = tiles [g*GROUP_T, (g+1)*GROUP_T)
+    T, M, C, TILE_M, GROUP_T,
+    FINAL: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Chan's parallel merge in two fixed-order passes: mean = sum n_t m_t / M, then
-    M2 = sum (M2_t + n_t (m_t - mean)^2); var = M2 / M. No cancellation: every term is a
-    deviation from a mean, never E[y^2] - E[y]^2."""
+    """Chan's parallel merge of one group of tiles, in two fixed-order passes: mean = sum n_t m_t / n,
+    then M2 = sum (M2_t + n_t (m_t - mean)^2), n = the group's rows. No cancellation: every term is a
+    deviation from a mean, never E[y^2] - E[y]^2. Run twice: groups of tiles (many programs), then
+    FINAL over the groups (whose sizes follow the same rule with TILE_M*GROUP_T), storing M2/n = var."""
+    g = tl.program_id(1)
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
-    acc = tl.zeros([BLOCK_C], dtype=mean_ptr.dtype.element_ty)
-    for t0 in range(0, T, BLOCK_T):
+    t_lo = g * GROUP_T
+    t_hi = tl.minimum(t_lo + GROUP_T, T)
+    rows = tl.minimum(M - t_lo * TILE_M, GROUP_T * TILE_M).to(out_mean_ptr.dtype.element_ty)
+    acc = tl.zeros([BLOCK_C], dtype=out_mean_ptr.dtype.element_ty)
+    for t0 in range(t_lo, t_hi, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
-        tmask = t < T
+        tmask = t < t_hi
         n = tl.minimum(M - t * TILE_M, TILE_M).to(acc.dtype)
         m = tl.load(pmean_ptr + t[:, None] * C + cols[None, :], mask=tmask[:, None] & cmask[None, :], other=0.0)
         acc += tl.sum(tl.where(tmask[:, None], n[:, None] * m, 0.0), axis=0)
-    mean = acc / M
-    acc2 = tl.zeros([BLOCK_C], dtype=mean_ptr.dtype.element_ty)
-    for t0 in range(0, T, BLOCK_T):
+    mean = acc / rows
+    acc2 = tl.zeros([BLOCK_C], dtype=out_mean_ptr.dtype.element_ty)
+    for t0 in range(t_lo, t_hi, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
-        tmask = t < T
+        tmask = t < t_hi
         n = tl.minimum(M - t * TILE_M, TILE_M).to(acc.dtype)
         lmask = tmask[:, None] & cmask[None, :]
         m = tl.load(pmean_ptr + t[:, None] * C + cols[None, :], mask=lmask, other=0.0)
         m2 = tl.load(pm2_ptr + t[:, None] * C + cols[None, :], mask=lmask, other=0.0)
         d = m - mean[None, :]
         acc2 += tl.sum(tl.where(tmask[:, None], m2 + n[:, None] * d * d, 0.0), axis=0)
-    tl.store(mean_ptr + cols, mean, mask=cmask)
-    tl.store(var_ptr + cols, acc2 / M, mask=cmask)
+    if FINAL:
+        acc2 = acc2 / rows
+    tl.store(out_mean_ptr + g * C + cols, mean, mask=cmask)
+    tl.store(out_m2_ptr + g * C + cols, acc2, mask=cmask)

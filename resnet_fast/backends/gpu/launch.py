@@ -89,16 +89,27 @@ def bn_act_backward(grad_out: Tensor, out: Tensor, x: Tensor, mean: Optional[Ten
 
 
 def _merge_stats(pmean: Tensor, pm2: Tensor, m: int, tile_m: int) -> Tuple[Tensor, Tensor]:
+    """(mean, biased var) over all m rows from per-tile partials [T, C]: tiles are merged in groups by
+    many programs first (a batch-256 stem has ~25k tiles), then the groups by one pass; fixed order."""
     tiles, c = pmean.shape
-    mean = torch.empty(c, dtype=pmean.dtype, device=pmean.device)
-    var = torch.empty_like(mean)
     if m == 0:
-        return mean.fill_(float("nan")), var.fill_(float("nan"))
+        nan = torch.full((c,), float("nan"), dtype=pmean.dtype, device=pmean.device)
+        return nan, nan.clone()
     block_c = min(16 if INTERPRET else 64, triton.next_power_of_2(c))
     block_t = 8 if INTERPRET else 64
-    bk._stats_merge_kernel[(triton.cdiv(c, block_c),)](pmean, pm2, mean, var, tiles, m, c, tile_m,
-                                                       BLOCK_T=block_t, BLOCK_C=block_c)
-    return mean, var
+    group_t = 4 * block_t if INTERPRET else 16 * block_t
+    groups = triton.cdiv(tiles, group_t)
+    gmean = torch.empty((groups, c), dtype=pmean.dtype, device=pmean.device)
+    gm2 = torch.empty_like(gmean)
+    bk._stats_merge_kernel[(triton.cdiv(c, block_c), groups)](pmean, pm2, gmean, gm2, tiles, m, c, tile_m, group_t,
+                                                              FINAL=groups == 1, BLOCK_T=block_t, BLOCK_C=block_c)
+    if groups == 1:
+        return gmean.view(c), gm2.view(c)
+    mean = torch.empty((1, c), dtype=pmean.dtype, device=pmean.device)
+    var = torch.empty_like(mean)
+    bk._stats_merge_kernel[(triton.cdiv(c, block_c), 1)](gmean, gm2, mean, var, groups, m, c, tile_m * group_t,
+                                                         groups, FINAL=True, BLOCK_T=block_t, BLOCK_C=block_c)
+    return mean.view(c), var.view(c)
 
 
 def channel_stats(y: Tensor) -> Tuple[Tensor, Tensor]:
