@@ -18,17 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def memory_format_of(x: Tensor) -> torch.memory_format:
-    """channels_last when x is laid out NHWC (and not also NCHW-contiguous), else contiguous."""
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    """dtype of per-channel statistics and scale/shift for activations of `dtype`."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .conventions import conv_backward, memory_format_of, stat_dtype  # noqa: F401  (part of this module's API)
 
 
 def _c(v: Tensor) -> Tensor:
@@ -134,15 +124,6 @@ def conv_bias_act(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: O
 
 def _sum(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t.sum(dim=(0, 2, 3), dtype=dtype)
-
-
-def conv_backward(dy: Tensor, x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int],
-                  dilation: Sequence[int], groups: int, need_x: bool, need_w: bool) -> Tuple[Tensor, Tensor]:
-    dx, dw, _ = torch.ops.aten.convolution_backward(dy, x, weight, None, list(stride), list(padding),
-                                                    list(dilation), False, [0, 0], groups, [need_x, need_w, False])
-    dx = dx.contiguous(memory_format=memory_format_of(x)) if need_x else x.new_empty(0)
-    dw = dw.contiguous(memory_format=memory_format_of(weight)) if need_w else x.new_empty(0)
-    return dx, dw
 
 
 def bn_act_backward(grad_out: Tensor, out: Tensor, x: Tensor, mean: Optional[Tensor], scale: Tensor, bias: Tensor,

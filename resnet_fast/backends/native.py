@@ -10,28 +10,15 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ..conventions import conv_backward, memory_format_of, stat_dtype
+
 _C = torch.ops.resnet_fast_C
-
-
-def _fmt(x: Tensor) -> torch.memory_format:
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, dilation, groups) -> Tensor:
     y = torch.ops.aten.convolution(x, weight, bias, list(stride), list(padding), list(dilation), False, [0, 0],
                                    groups)
-    return y.contiguous(memory_format=_fmt(x))
-
-
-def _conv_backward(dy: Tensor, x: Tensor, weight: Tensor, stride, padding, dilation, groups, need_x: bool,
-                   need_w: bool):
-    dx, dw, _ = torch.ops.aten.convolution_backward(dy, x, weight, None, list(stride), list(padding),
-                                                    list(dilation), False, [0, 0], groups, [need_x, need_w, False])
-    dx = dx.contiguous(memory_format=_fmt(x)) if need_x else x.new_empty(0)
-    dw = dw.contiguous(memory_format=_fmt(weight)) if need_w else x.new_empty(0)
-    return dx, dw
+    return y.contiguous(memory_format=memory_format_of(x))
 
 
 def _prologue(x: Tensor, in_mean: Optional[Tensor], in_scale: Optional[Tensor], in_bias: Optional[Tensor],
@@ -42,12 +29,12 @@ def _prologue(x: Tensor, in_mean: Optional[Tensor], in_scale: Optional[Tensor], 
 
 
 def _vec(like: Tensor, value: float) -> Tensor:
-    sdt = torch.float64 if like.dtype == torch.float64 else torch.float32
+    sdt = stat_dtype(like.dtype)
     return torch.full((like.shape[1],), value, dtype=sdt, device=like.device)
 
 
 def conv_bn_stats(x, in_mean, in_scale, in_bias, in_relu, weight, stride, padding, dilation, groups):
-    x = x.contiguous(memory_format=_fmt(x))
+    x = x.contiguous(memory_format=memory_format_of(x))
     y = _conv(_prologue(x, in_mean, in_scale, in_bias, in_relu), weight, None, stride, padding, dilation, groups)
     mean, var = _C.channel_stats(y)
     return y, mean, var
@@ -56,15 +43,15 @@ def conv_bn_stats(x, in_mean, in_scale, in_bias, in_relu, weight, stride, paddin
 def conv_bn_stats_backward(grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias, in_relu, weight, y, mean,
                            stride, padding, dilation, groups, output_mask: Sequence[bool]) -> List[Tensor]:
     need_x, need_mean, need_scale, need_bias, need_w = output_mask
-    fmt = _fmt(y)
+    fmt = memory_format_of(y)
     # dL/dy = grad_y + (y - mean)*a + c per channel, a = 2*grad_var/M, c = grad_mean/M.
     count = y.numel() // y.shape[1]
     dy = _C.bn_act(y, mean, grad_var * (2.0 / count), grad_mean / count, grad_y.contiguous(memory_format=fmt),
                    None, None, None, False)
-    x = x.contiguous(memory_format=_fmt(x))
+    x = x.contiguous(memory_format=memory_format_of(x))
     z = _prologue(x, in_mean, in_scale, in_bias, in_relu)
     need_z = need_x or need_mean or need_scale or need_bias
-    dz, dw = _conv_backward(dy, z, weight, stride, padding, dilation, groups, need_z, need_w)
+    dz, dw = conv_backward(dy, z, weight, stride, padding, dilation, groups, need_z, need_w)
     def empty():
         return x.new_empty(0)  # a fresh one each time: outputs of an op may not alias
 
@@ -77,7 +64,7 @@ def conv_bn_stats_backward(grad_y, grad_mean, grad_var, x, in_mean, in_scale, in
 
 
 def bn_act(x, mean, scale, bias, residual, res_mean, res_scale, res_bias, relu):
-    fmt = _fmt(x)
+    fmt = memory_format_of(x)
     x = x.contiguous(memory_format=fmt)
     residual = residual.contiguous(memory_format=fmt) if residual is not None else None
     return _C.bn_act(x, mean, scale, bias, residual, res_mean, res_scale, res_bias, relu)
@@ -85,7 +72,7 @@ def bn_act(x, mean, scale, bias, residual, res_mean, res_scale, res_bias, relu):
 
 def bn_act_backward(grad_out, out, x, mean, scale, bias, residual, res_mean, res_scale, res_bias, relu,
                     output_mask: Sequence[bool]) -> List[Tensor]:
-    fmt = _fmt(x)
+    fmt = memory_format_of(x)
     x, out, grad_out = (t.contiguous(memory_format=fmt) for t in (x, out, grad_out))
     residual = residual.contiguous(memory_format=fmt) if residual is not None else None
     need_x, need_mean, need_scale, need_bias, need_res, need_rmean, need_rscale, need_rbias = output_mask
@@ -111,7 +98,7 @@ _ONEDNN_POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
 
 
 def conv_bias_act(x, weight, bias, residual, relu, stride, padding, dilation, groups):
-    fmt = _fmt(x)
+    fmt = memory_format_of(x)
     x = x.contiguous(memory_format=fmt)
     if _onednn_fusable(x, weight):
         unary = "relu" if relu else "none"
@@ -124,21 +111,21 @@ def conv_bias_act(x, weight, bias, residual, relu, stride, padding, dilation, gr
         return y.contiguous(memory_format=fmt)
     y = _conv(x, weight, None, stride, padding, dilation, groups)
     # bias, residual and ReLU in one pass over y.
-    shift = bias.to(torch.float64 if y.dtype == torch.float64 else torch.float32) if bias is not None \
+    shift = bias.to(stat_dtype(y.dtype)) if bias is not None \
         else _vec(y, 0.0)
-    res = residual.contiguous(memory_format=_fmt(y)) if residual is not None else None
+    res = residual.contiguous(memory_format=memory_format_of(y)) if residual is not None else None
     return _C.bn_act(y, None, _vec(y, 1.0), shift, res, None, None, None, relu)
 
 def conv_bias_act_backward(grad_out, out, x, weight, bias, residual, relu, stride, padding, dilation, groups,
                            output_mask: Sequence[bool]) -> List[Tensor]:
     need_x, need_w, need_b, need_res = output_mask
-    fmt = _fmt(out)
+    fmt = memory_format_of(out)
     grad_out, out = grad_out.contiguous(memory_format=fmt), out.contiguous(memory_format=fmt)
     # One pass: g = grad_out masked by the ReLU, and sum(g) for the bias.
     g, _, db, _, _ = _C.bn_act_backward(grad_out, out, out, None, _vec(out, 1.0), None, None, None, relu,
                                         [True, False, need_b, False, False])
-    x = x.contiguous(memory_format=_fmt(x))
-    dx, dw = _conv_backward(g, x, weight, stride, padding, dilation, groups, need_x, need_w)
+    x = x.contiguous(memory_format=memory_format_of(x))
+    dx, dw = conv_backward(g, x, weight, stride, padding, dilation, groups, need_x, need_w)
     db = db.to(bias.dtype) if need_b else x.new_empty(0)
-    dres = g.contiguous(memory_format=_fmt(residual)) if need_res else x.new_empty(0)
+    dres = g.contiguous(memory_format=memory_format_of(residual)) if need_res else x.new_empty(0)
     return [dx, dw, db, dres]

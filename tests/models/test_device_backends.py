@@ -18,6 +18,10 @@ from resnet_fast import _dispatch
 from helpers import assert_close_to_ref
 
 
+def gpu_only(test):
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))
+
+
 @pytest.fixture(autouse=True)
 def triton_backend(monkeypatch, device):
     assert _dispatch._triton_supports(device), "the Triton backend cannot serve this device"
@@ -80,8 +84,7 @@ def test_one_step_matches_torchvision(device):
                  dtype)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@gpu_only
 def test_resnet50_bf16_autocast_step_batch32():
     tv, fast, ref = _models("resnet50", "cuda", torch.float32)
     x = torch.randn(32, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
@@ -90,8 +93,7 @@ def test_resnet50_bf16_autocast_step_batch32():
              _step(ref, x.double(), target), torch.bfloat16)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@gpu_only
 def test_100_steps_track_eager_loss_curve():
     """SGD on one fixed batch, bf16 autocast: resnet_fast's loss curve stays within eager's own
     bf16-vs-fp32 deviation (times 2, plus 2% of the starting loss) at every step."""
@@ -119,8 +121,7 @@ def test_100_steps_track_eager_loss_curve():
     assert losses["fast"][-1] < 0.5 * losses["fast"][0], "resnet_fast did not fit the fixed batch"
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@gpu_only
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_compile_fullgraph_gpu(mode):
     torch._dynamo.reset()
@@ -133,8 +134,7 @@ def test_compile_fullgraph_gpu(mode):
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@gpu_only
 def test_training_step_captures_in_cuda_graph():
     """No host synchronization in forward + backward: the whole step captures and replays."""
     tv, fast, _ = _models("resnet18", "cuda", torch.float32)
@@ -169,8 +169,7 @@ def test_training_step_captures_in_cuda_graph():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@gpu_only
 def test_eval_forward_in_cuda_graph_sees_weight_changes():
     """model.eval() captured in a CUDA graph refolds BatchNorm inside the graph (the fold cache is
     bypassed during capture), so a replay after a weight / running-stat change is not stale."""

@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ...conventions import conv_backward, memory_format_of, stat_dtype
 from . import launch, tuning
 from .launch import nhwc
 
@@ -38,14 +39,8 @@ def _on_tensor_device(fn):
     return guarded
 
 
-def _fmt(x: Tensor) -> torch.memory_format:
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def _back(t: Tensor, like: Tensor) -> Tensor:
-    return t.contiguous(memory_format=_fmt(like))
+    return t.contiguous(memory_format=memory_format_of(like))
 
 
 def _aten_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, dilation, groups) -> Tensor:
@@ -97,12 +92,10 @@ def conv_bn_stats_backward(grad_y, grad_mean, grad_var, x, in_mean, in_scale, in
     z = launch.bn_act(xs, in_mean, in_scale, in_bias, None, None, None, None, in_relu) \
         if in_scale is not None else xs
     need_z = need_x or need_mean or need_scale or need_bias
-    dz, dw, _ = torch.ops.aten.convolution_backward(dy, z, weight, None, list(stride), list(padding),
-                                                    list(dilation), False, [0, 0], groups, [need_z, need_w, False])
-    dw = _back(dw, weight) if need_w else x.new_empty(0)
+    dz, dw = conv_backward(dy, z, weight, stride, padding, dilation, groups, need_z, need_w)  # dz NHWC like z
     if in_scale is None:
         return [_back(dz, x) if need_x else x.new_empty(0), x.new_empty(0), x.new_empty(0), x.new_empty(0), dw]
-    dx, _, total, xsum, _ = launch.bn_act_backward(nhwc(dz), z, xs, in_mean, in_scale, None, None, None, in_relu,
+    dx, _, total, xsum, _ = launch.bn_act_backward(dz, z, xs, in_mean, in_scale, None, None, None, in_relu,
                                                    need_x, False, need_bias or need_mean, need_scale, False)
     return [_back(dx, x) if need_x else x.new_empty(0), -in_scale * total if need_mean else x.new_empty(0),
             xsum if need_scale else x.new_empty(0), total if need_bias else x.new_empty(0), dw]
@@ -151,7 +144,7 @@ def conv_bias_act(x, weight, bias, residual, relu, stride, padding, dilation, gr
         if res is None and not relu and (bias is None or bias.dtype == xs.dtype):
             return _aten_conv(xs, weight, bias, stride, padding, dilation, groups)
         y = _aten_conv(xs, weight, None, stride, padding, dilation, groups)
-        sdt = launch.stat_dtype(y.dtype)
+        sdt = stat_dtype(y.dtype)
         shift = bias.to(sdt) if bias is not None else y.new_zeros(y.shape[1], dtype=sdt)
         return launch.bn_act(y, None, torch.ones_like(shift), shift, res, None, None, None, relu)
 
@@ -165,13 +158,12 @@ def conv_bias_act_backward(grad_out, out, x, weight, bias, residual, relu, strid
                            output_mask: Sequence[bool]) -> List[Tensor]:
     need_x, need_w, need_b, need_res = output_mask
     outs = nhwc(out)
-    sdt = launch.stat_dtype(out.dtype)
+    sdt = stat_dtype(out.dtype)
     ones = torch.ones(out.shape[1], dtype=sdt, device=out.device)
     # g = grad_out masked by the ReLU, and sum(g) for the bias, in one pass.
     g, _, db, _, _ = launch.bn_act_backward(nhwc(grad_out), outs, outs, None, ones, None, None, None, relu, True,
                                             False, need_b, False, False)
-    dx, dw, _ = torch.ops.aten.convolution_backward(g, nhwc(x), weight, None, list(stride), list(padding),
-                                                    list(dilation), False, [0, 0], groups, [need_x, need_w, False])
-    return [_back(dx, x) if need_x else x.new_empty(0), _back(dw, weight) if need_w else x.new_empty(0),
+    dx, dw = conv_backward(g, nhwc(x), weight, stride, padding, dilation, groups, need_x, need_w)
+    return [_back(dx, x) if need_x else x.new_empty(0), dw,
             db.to(bias.dtype) if need_b else x.new_empty(0),
             _back(g, residual) if need_res else x.new_empty(0)]

@@ -11,6 +11,7 @@ import torch
 import triton
 from torch import Tensor
 
+from ...conventions import stat_dtype
 from . import bn_kernels as bk
 from . import conv_kernels as ck
 from .tuning import INTERPRET, Config
@@ -20,10 +21,6 @@ CL = torch.channels_last
 
 def nhwc(t: Tensor) -> Tensor:
     return t.contiguous(memory_format=CL)
-
-
-def stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _rows(t: Tensor) -> Tuple[int, int]:
