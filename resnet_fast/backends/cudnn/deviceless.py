@@ -1,0 +1,129 @@
+"""cuDNN support checks without a GPU: does cuDNN have an engine for each fused graph of a ResNet?
+
+cuDNN validates, plans and check_supports a graph on CPU when given (a) a device description (a JSON
+of the device's properties; `device_properties/sm90.json` ships with the package) and the target
+sm_version, and (b) a libcuda.so.1 to link: its runtime-compiled engine library loads the driver even
+when it never calls it. The stub built here exports the driver entry points cuDNN 9.24 looks up, each
+returning CUDA_ERROR_NO_DEVICE (100); it is loaded (by soname) before cudnn, in a process of its own.
+
+    python -m resnet_fast.backends.cudnn.deviceless --arch resnet50 --batch 256 --dtype float16
+prints one JSON line per distinct graph: {"graph": UnitGraph fields, "supported": bool, "reason": str}.
+Building plans needs the real driver (cuLibraryLoadData), so this stops at check_support.
+"""
+
+import argparse
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from typing import List, Optional
+
+import torch
+
+from .graphs import PATTERNS, UnitGraph
+
+# Driver entry points cuDNN 9.24's engine libraries resolve from libcuda.so.1 (found with LD_DEBUG=symbols).
+DRIVER_ENTRY_POINTS = (
+    "cuCtxGetCurrent cuCtxGetDevice cuCtxGetLimit cuCtxPopCurrent cuCtxPushCurrent cuDeviceGet "
+    "cuDeviceGetAttribute cuDeviceGetCount cuDevicePrimaryCtxRelease cuDevicePrimaryCtxReset "
+    "cuDevicePrimaryCtxRetain cuDriverGetVersion cuFuncGetAttribute cuFuncSetAttribute cuGetErrorName "
+    "cuGetErrorString cuInit cuKernelGetAttribute cuKernelSetAttribute cuLaunchCooperativeKernel cuLaunchKernel "
+    "cuLaunchKernelEx cuLibraryGetKernel cuLibraryLoadData cuLibraryLoadFromFile cuLibraryUnload cuLinkAddData "
+    "cuLinkAddData_v2 cuLinkAddFile_v2 cuLinkComplete cuLinkCreate cuLinkCreate_v2 cuLinkDestroy "
+    "cuMemcpyDtoH_v2 cuModuleGetFunction cuModuleGetGlobal_v2 cuModuleLoadData cuModuleLoadDataEx "
+    "cuModuleLoadFatBinary cuModuleUnload cuOccupancyMaxActiveBlocksPerMultiprocessor "
+    "cuOccupancyMaxPotentialClusterSize cuStreamGetCtx cuStreamSynchronize cuTensorMapEncodeTiled "
+    "cuThreadExchangeStreamCaptureMode cuGetProcAddress cuGetProcAddress_v2").split()
+
+PROPERTIES_DIR = os.path.join(os.path.dirname(__file__), "device_properties")
+
+
+def stub_source() -> str:
+    body = "\n".join(f"int {name}(void) {{ return 100; }}" for name in DRIVER_ENTRY_POINTS)
+    return "/* libcuda.so.1 stand-in: every driver call answers CUDA_ERROR_NO_DEVICE (100). */\n" + body + "\n"
+
+
+def build_stub(directory: str, cc: str = "gcc") -> str:
+    """Compiles the stub into directory/libcuda.so.1 (soname libcuda.so.1) and returns its path."""
+    src, lib = os.path.join(directory, "cuda_stub.c"), os.path.join(directory, "libcuda.so.1")
+    with open(src, "w") as f:
+        f.write(stub_source())
+    subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", lib, src], check=True,
+                   capture_output=True)
+    return lib
+
+
+def device_properties_json(sm: int = 90) -> str:
+    """The committed device description for sm_<sm> (sm90.json: an H100/H200 guess until a GPU run saves
+    the real one with cudnn.create_device_properties(0).serialize(); see its "source" entry)."""
+    with open(os.path.join(PROPERTIES_DIR, f"sm{sm}.json")) as f:
+        props = json.load(f)
+    return json.dumps({k: v for k, v in props.items() if not k.startswith("_")})
+
+
+def resnet_unit_graphs(arch: str, batch: int, dtype: torch.dtype, image: int = 224,
+                       patterns=PATTERNS) -> List[UnitGraph]:
+    """Every distinct graph a torchvision `arch` training step needs, stem included: shapes from a meta
+    forward pass; a block's conv1 and the projection see a materialized input (no prologue), the other
+    convs the previous BatchNorm + ReLU."""
+    import torchvision
+
+    with torch.device("meta"):
+        model = getattr(torchvision.models, arch)()
+        seen = []
+        hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: seen.append((name, mod, inp[0].shape)))
+                 for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+        model(torch.empty(batch, 3, image, image))
+        for h in hooks:
+            h.remove()
+    graphs = []
+    for name, conv, (n, c, h, w) in seen:
+        prologue = name.split(".")[-1] not in ("conv1", "0")
+        if conv.groups != 1:
+            continue
+        for pattern in patterns:
+            g = UnitGraph(pattern, n, c, h, w, conv.out_channels, *conv.kernel_size, tuple(conv.stride),
+                          tuple(conv.padding), tuple(conv.dilation), prologue, dtype)
+            if g not in graphs:
+                graphs.append(g)
+    return graphs
+
+
+def check_in_subprocess(arch: str, batch: int, dtype: str, stub_dir: Optional[str] = None,
+                        limit: int = 0, timeout: float = 600) -> List[dict]:
+    """Runs the check in a fresh interpreter (the stub must never enter a process that uses CUDA)."""
+    stub_dir = stub_dir or tempfile.mkdtemp(prefix="resnet_fast_cudnn_")
+    lib = build_stub(stub_dir)
+    cmd = [sys.executable, "-m", "resnet_fast.backends.cudnn.deviceless", "--arch", arch, "--batch", str(batch),
+           "--dtype", dtype, "--stub", lib, "--limit", str(limit)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="deviceless cuDNN check_support of a ResNet's fused graphs")
+    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
+    p.add_argument("--sm", type=int, default=90)
+    p.add_argument("--stub", help="a libcuda.so.1 stub to load first (build_stub)")
+    p.add_argument("--limit", type=int, default=0, help="check only the first N graphs (0: all)")
+    a = p.parse_args(argv)
+    if a.stub:
+        ctypes.CDLL(a.stub, mode=ctypes.RTLD_GLOBAL)  # later dlopen("libcuda.so.1") finds it by soname
+    import cudnn
+
+    from .graphs import check_support
+
+    props = cudnn.create_device_properties(device_properties_json(a.sm))
+    graphs = resnet_unit_graphs(a.arch, a.batch, getattr(torch, a.dtype))
+    for g in graphs[: a.limit or None]:
+        ok, reason = check_support(g, props, a.sm)
+        fields = {k: (str(v).split(".")[-1] if isinstance(v, torch.dtype) else v) for k, v in g._asdict().items()}
+        print(json.dumps({"graph": fields, "supported": ok, "reason": reason}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""conv_bn_stats and conv_bn_stats_backward on cuDNN fused graphs (float16), with the ops' exact signatures.
+
+Forward, one graph:   y, sum y, sum y^2 = fprop graph(x, scale', bias', W)    (BN+ReLU on load, stats fused)
+                      mean = sum/M, var = max(sum y^2/M - mean^2, 0)         (per channel, torch)
+Backward:             dy = grad_y + (y - mean)*2*grad_var/M + grad_mean/M    (one Triton pass: the BN
+                                                                              statistics' chain rule)
+                      dW = wgrad graph(x, scale', bias', dy)                  (prologue recomputed on load)
+                      g  = dgrad graph(dy, W, x, scale', bias')               (dReLU mask recomputed)
+                      dx = g*in_scale, sum g, sum g*(x - in_mean)             (one Triton pass)
+with scale' = in_scale, bias' = in_bias - in_mean*in_scale in the activations' dtype. Note the variance
+comes from sums (E[y^2] - E[y]^2, as cuDNN's genstats gives them): less robust than the Triton
+backend's Chan merge when |mean| >> std.
+
+A call cuDNN cannot serve (a dtype other than float16, groups, a prologue without ReLU, a graph without
+an engine, such as the 3-channel stem's fprop) goes to FALLBACK[op] (the reference unless set_fallback
+installs another backend's function). Which executor runs the graphs is module state: CudnnExecutor on
+the GPU, replaceable for tests and byte accounting (`use_executor`, `recording`).
+"""
+
+import contextlib
+from typing import Callable, Dict, List, Sequence
+
+import torch
+from torch import Tensor
+
+from ... import reference
+from ...conventions import memory_format_of, stat_dtype
+from .execute import CudnnExecutor, Recording
+from .graphs import UnitGraph
+
+IMPLEMENTS = {"conv_bn_stats": (torch.float16,), "conv_bn_stats_backward": (torch.float16,)}
+CL = torch.channels_last
+
+FALLBACK: Dict[str, Callable] = {op: getattr(reference, op) for op in IMPLEMENTS}
+_state = {"executor": None}
+_support: Dict[str, bool] = {}
+
+
+def set_fallback(table: Dict[str, Callable]) -> None:
+    """Who serves the calls cuDNN cannot: op name -> function with the op's signature."""
+    FALLBACK.update({op: fn for op, fn in table.items() if op in IMPLEMENTS})
+
+
+@contextlib.contextmanager
+def using_fallback(table: Dict[str, Callable]):
+    saved = dict(FALLBACK)
+    set_fallback(table)
+    try:
+        yield
+    finally:
+        FALLBACK.update(saved)
+
+
+def executor():
+    if _state["executor"] is None:
+        _state["executor"] = CudnnExecutor()
+    return _state["executor"]
+
+
+@contextlib.contextmanager
+def use_executor(ex):
+    saved, _state["executor"] = _state["executor"], ex
+    _support_saved = dict(_support)
+    try:
+        yield ex
+    finally:
+        _state["executor"] = saved
+        _support.clear()
+        _support.update(_support_saved)
+
+
+def recording(recorder):
+    """Executions logged to recorder.log(name, kind, reads, writes) and not run (byte accounting)."""
+    return use_executor(Recording(recorder.log))
+
+
+def recording_table() -> Dict[str, Callable]:
+    return {"conv_bn_stats": conv_bn_stats, "conv_bn_stats_backward": conv_bn_stats_backward}
+
+
+def _launch():
+    """The Triton backend's host launchers (bn_act, bn_act_backward): the memory-bound passes."""
+    try:
+        from ..triton import launch  # after the backend's rename
+    except ImportError:
+        from ..gpu import launch
+    return launch
+
+
+def _unit(pattern: str, x: Tensor, weight: Tensor, stride, padding, dilation, prologue: bool) -> UnitGraph:
+    n, c, h, w = x.shape
+    k, _, r, s = weight.shape
+    return UnitGraph(pattern, n, c, h, w, k, r, s, tuple(stride), tuple(padding), tuple(dilation), prologue, x.dtype)
+
+
+def _servable(op: str, x: Tensor, in_scale, in_relu: bool, groups: int) -> bool:
+    return x.dtype in executor().dtypes and groups == 1 and (in_scale is None or bool(in_relu))
+
+
+def supported(unit: UnitGraph, device: torch.device) -> bool:
+    """cuDNN has an engine for this graph (asked once per key; a recording or torch executor serves all)."""
+    ex = executor()
+    if not isinstance(ex, CudnnExecutor):
+        return True
+    key = f"{device}|{unit.key()}"
+    if key not in _support:
+        try:
+            ex.plan(unit, device)  # built once, kept in the executor's cache
+            _support[key] = True
+        except Exception:  # noqa: BLE001  (no engine builds for this graph on this GPU: fall back, for good)
+            _support[key] = False
+    return _support[key]
+
+
+def _vectors(x: Tensor, in_mean, in_scale, in_bias) -> Dict[str, Tensor]:
+    """scale' and bias' (the BN shift folded in) as [1, C, 1, 1] in x's dtype."""
+    c = x.shape[1]
+    bias = in_bias - in_mean * in_scale if in_mean is not None else in_bias
+    return {"scale": in_scale.to(x.dtype).reshape(1, c, 1, 1), "bias": bias.to(x.dtype).reshape(1, c, 1, 1)}
+
+
+def _nhwc(t: Tensor) -> Tensor:
+    return t.contiguous(memory_format=CL)
+
+
+def conv_bn_stats(x, in_mean, in_scale, in_bias, in_relu, weight, stride, padding, dilation, groups):
+    prologue = in_scale is not None
+    unit = _unit("fprop", x, weight, stride, padding, dilation, prologue) if x.dim() == 4 else None
+    if unit is None or not _servable("conv_bn_stats", x, in_scale, in_relu, groups) or not supported(unit, x.device):
+        return FALLBACK["conv_bn_stats"](x, in_mean, in_scale, in_bias, in_relu, weight, stride, padding, dilation,
+                                         groups)
+    p, q = unit.out_hw
+    y = torch.empty((unit.n, unit.k, p, q), dtype=x.dtype, device=x.device, memory_format=CL)
+    sums = torch.empty((2, 1, unit.k, 1, 1), dtype=stat_dtype(x.dtype), device=x.device)
+    tensors = {"x": _nhwc(x), "w": _nhwc(weight), "y": y, "sum": sums[0], "sqsum": sums[1]}
+    if prologue:
+        tensors.update(_vectors(x, in_mean, in_scale, in_bias))
+    executor()(unit, tensors)
+    count = unit.n * p * q
+    mean = sums[0].view(unit.k) / count
+    var = (sums[1].view(unit.k) / count - mean * mean).clamp_min(0)
+    return y.contiguous(memory_format=memory_format_of(x)), mean, var
+
+
+def conv_bn_stats_backward(grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias, in_relu, weight, y, mean,
+                           stride, padding, dilation, groups, output_mask: Sequence[bool]) -> List[Tensor]:
+    need_x, need_mean, need_scale, need_bias, need_w = output_mask
+    prologue = in_scale is not None
+    need_z = need_x or need_mean or need_scale or need_bias
+    units = [_unit(pat, x, weight, stride, padding, dilation, prologue)
+             for pat, need in (("wgrad", need_w), ("dgrad", need_z)) if need]
+    if not _servable("conv_bn_stats_backward", x, in_scale, in_relu, groups) or not all(supported(u, x.device) for u in units):
+        return FALLBACK["conv_bn_stats_backward"](grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias,
+                                                  in_relu, weight, y, mean, stride, padding, dilation, groups,
+                                                  output_mask)
+    launch = _launch()
+    count = y.numel() // y.shape[1]
+    dy = launch.bn_act(_nhwc(y), mean, grad_var * (2.0 / count), grad_mean / count, _nhwc(grad_y), None, None,
+                       None, False)
+    xs = _nhwc(x)
+    vectors = _vectors(x, in_mean, in_scale, in_bias) if prologue else {}
+    empty = x.new_empty(0)
+    dw = empty
+    if need_w:
+        dw = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device, memory_format=CL)
+        executor()(units[0], {"x": xs, **vectors, "dy": dy, "w": dw})
+        dw = dw.contiguous(memory_format=memory_format_of(weight))
+    if not need_z:
+        return [empty, empty, empty, empty, dw]
+    g = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=CL)
+    executor()(units[-1], {"dy": dy, "w": _nhwc(weight), **({"x": xs, **vectors} if prologue else {}), "dx": g})
+    if not prologue:
+        return [g.contiguous(memory_format=memory_format_of(x)), empty, empty, empty, dw]
+    # g is dL/d(pre-activation): dx = g*scale, d bias = sum g, d scale = sum g*(x - mean), d mean = -scale*sum g.
+    dx, _, total, xsum, _ = launch.bn_act_backward(g, g, xs, in_mean, in_scale, None, None, None, False, need_x,
+                                                   False, need_bias or need_mean, need_scale, False)
+    return [dx.contiguous(memory_format=memory_format_of(x)) if need_x else empty,
+            -in_scale * total if need_mean and in_mean is not None else empty,
+            xsum if need_scale else empty, total if need_bias else empty, dw]

@@ -1,0 +1,128 @@
+"""The cuDNN engine's math and wiring on CPU: its graphs run by TorchExecutor (each graph's math in torch,
+reading and writing exactly the bound tensors) and its Triton passes under the interpreter, compared with
+the plain-PyTorch reference ops; CudnnExecutor's cache, workspace and stream with stand-in builders.
+The real cuDNN execution is GPU-only and unverified (no GPU has run it)."""
+
+import pytest
+import torch
+
+from resnet_fast import reference as ref
+from resnet_fast.backends.cudnn import engine
+from resnet_fast.backends.cudnn.execute import CudnnExecutor, Recording, TorchExecutor, check_bindings
+from resnet_fast.backends.cudnn.graphs import UnitGraph
+
+CL = torch.channels_last
+# (N, C, H, W, K, R, stride, padding): 3x3 pad 1, strided 3x3, 1x1, strided 1x1 (a projection)
+SHAPES = [(2, 5, 7, 6, 4, 3, 1, 1), (3, 4, 9, 8, 6, 3, 2, 1), (2, 6, 5, 5, 7, 1, 1, 0), (2, 4, 7, 7, 8, 1, 2, 0)]
+
+
+def _inputs(shape, dtype, prologue):
+    n, c, h, w, k, r, s, p = shape
+    x = torch.randn(n, c, h, w, dtype=torch.float64).to(dtype).contiguous(memory_format=CL)
+    wt = (torch.randn(k, c, r, r, dtype=torch.float64) / (c * r * r) ** 0.5).to(dtype).contiguous(memory_format=CL)
+    vec = lambda: torch.randn(c, dtype=torch.float64).to(ref.stat_dtype(dtype))  # noqa: E731
+    pro = (vec(), vec().abs() + 0.5, vec()) if prologue else (None, None, None)
+    return x, pro, wt, [s, s], [p, p], [1, 1]
+
+
+@pytest.mark.parametrize("prologue", [True, False])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_and_backward_match_reference_float64(shape, prologue):
+    x, (m, sc, b), wt, stride, padding, dil = _inputs(shape, torch.float64, prologue)
+    with engine.use_executor(TorchExecutor()):
+        y, mean, var = engine.conv_bn_stats(x, m, sc, b, True, wt, stride, padding, dil, 1)
+    ry, rmean, rvar = ref.conv_bn_stats(x, m, sc, b, True, wt, stride, padding, dil, 1)
+    torch.testing.assert_close(y, ry, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(mean, rmean, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(var, rvar, rtol=1e-8, atol=1e-10)  # E[y^2] - E[y]^2: see engine.py
+    assert y.is_contiguous(memory_format=CL)
+    gy, gm, gv = torch.randn_like(ry), torch.randn_like(rmean), torch.randn_like(rvar)
+    mask = [True, prologue, prologue, prologue, True]
+    with engine.use_executor(TorchExecutor()):
+        got = engine.conv_bn_stats_backward(gy, gm, gv, x, m, sc, b, True, wt, ry, rmean, stride, padding, dil, 1,
+                                            mask)
+    want = ref.conv_bn_stats_backward(gy, gm, gv, x, m, sc, b, True, wt, ry, rmean, stride, padding, dil, 1, mask)
+    for name, g, w in zip(("dx", "d_in_mean", "d_in_scale", "d_in_bias", "dW"), got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9, msg=lambda s: f"{name}: {s}")
+
+
+def test_float16_forward_close_to_reference():
+    x, (m, sc, b), wt, stride, padding, dil = _inputs(SHAPES[0], torch.float16, True)
+    with engine.use_executor(TorchExecutor()):
+        y, mean, var = engine.conv_bn_stats(x, m, sc, b, True, wt, stride, padding, dil, 1)
+    r64 = ref.conv_bn_stats(*(t.double() if t is not None else None for t in (x, m, sc, b)), True, wt.double(),
+                            stride, padding, dil, 1)
+    # scale' and bias' are rounded to float16 (the fused engines take them in the io dtype)
+    torch.testing.assert_close(y.double(), r64[0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(mean.double(), r64[1], rtol=2e-2, atol=2e-2)
+
+
+def test_unservable_calls_go_to_the_fallback():
+    calls = []
+    x, (m, sc, b), wt, stride, padding, dil = _inputs(SHAPES[0], torch.float16, True)
+
+    def fallback(*args):
+        calls.append(args)
+        return "fallback"
+
+    with engine.use_executor(Recording(lambda *a: None)), engine.using_fallback({"conv_bn_stats": fallback}):
+        assert engine.conv_bn_stats(x.float(), m, sc, b, True, wt.float(), stride, padding, dil, 1) == "fallback"
+        assert engine.conv_bn_stats(x, m, sc, b, False, wt, stride, padding, dil, 1) == "fallback"  # no ReLU
+        assert engine.conv_bn_stats(x, m, sc, b, True, wt, stride, padding, dil, 1) != "fallback"
+    assert len(calls) == 2 and engine.FALLBACK["conv_bn_stats"] is ref.conv_bn_stats
+
+
+def test_bindings_are_nhwc_with_the_graphs_dtypes():
+    logged = []
+    rec = Recording(lambda name, kind, reads, writes: logged.append((name, kind, len(reads), len(writes))))
+    x, (m, sc, b), wt, stride, padding, dil = _inputs(SHAPES[1], torch.float16, True)
+    with engine.use_executor(rec):
+        y, mean, var = engine.conv_bn_stats(x.contiguous(), m, sc, b, True, wt.contiguous(), stride, padding, dil, 1)
+        y, mean, var = torch.randn_like(y), torch.randn_like(mean), torch.rand_like(var)  # (outputs never computed)
+        engine.conv_bn_stats_backward(torch.randn_like(y), mean, var, x, m, sc, b, True, wt, y, mean, stride, padding,
+                                      dil, 1, [True, True, True, True, True])
+    assert [c[0].pattern for c in rec.calls] == ["fprop", "wgrad", "dgrad"]
+    for unit, tensors in rec.calls:
+        check_bindings(unit, tensors)  # raises on any shape / stride / dtype mismatch
+        assert tensors["x"].is_contiguous(memory_format=CL) and tensors["scale"].dtype == torch.float16
+        assert unit.prologue and unit.stride == (2, 2)
+    assert logged == [("cudnn.fprop+sbr", "conv", 4, 3), ("cudnn.wgrad+sbr", "conv", 4, 1),
+                      ("cudnn.dgrad+sbr", "conv", 5, 1)]
+    with pytest.raises(ValueError, match="strides"):
+        check_bindings(rec.calls[0][0], {**rec.calls[0][1], "x": x.contiguous()})
+
+
+def test_cache_keys_tell_every_graph_apart():
+    base = UnitGraph("fprop", 2, 4, 5, 5, 8, 3, 3, (1, 1), (1, 1), (1, 1), True, torch.float16)
+    variants = [base._replace(**{f: v}) for f, v in (("pattern", "wgrad"), ("n", 3), ("stride", (2, 2)),
+                                                      ("prologue", False), ("dtype", torch.bfloat16), ("r", 1))]
+    assert len({g.key() for g in [base, *variants]}) == 1 + len(variants)
+
+
+class _FakeGraph:
+    def __init__(self):
+        self.executions = []
+
+    def execute(self, pack, workspace, handle=None):
+        self.executions.append((pack, workspace, handle))
+
+
+def test_cudnn_executor_builds_once_and_runs_on_the_current_stream_with_a_torch_workspace():
+    built, streams = [], []
+
+    def build(unit, handle):
+        built.append((unit, handle))
+        return _FakeGraph(), {b.name: f"uid:{b.name}" for b in unit.bindings()}, 4096
+
+    ex = CudnnExecutor(build=build, handle_for=lambda dev: "handle", stream_of=lambda dev: 1234,
+                       set_stream=lambda h, s: streams.append((h, s)))
+    x, (m, sc, b), wt, stride, padding, dil = _inputs(SHAPES[0], torch.float16, True)
+    with engine.use_executor(ex):
+        for _ in range(2):
+            engine.conv_bn_stats(x, m, sc, b, True, wt, stride, padding, dil, 1)
+    assert len(built) == 1 and ex.builds == 1
+    graph = ex.plan(built[0][0], x.device)[0]
+    assert len(graph.executions) == 2 and streams == [("handle", 1234)] * 2
+    pack, workspace, handle = graph.executions[0]
+    assert handle == "handle" and workspace.dtype == torch.uint8 and workspace.numel() == 4096
+    assert set(pack) == {f"uid:{n}" for n in ("x", "scale", "bias", "w", "y", "sum", "sqsum")}
