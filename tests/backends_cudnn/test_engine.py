@@ -13,7 +13,7 @@ from resnet_fast.backends.cudnn.graphs import UnitGraph
 
 CL = torch.channels_last
 # (N, C, H, W, K, R, stride, padding): 3x3 pad 1, strided 3x3, 1x1, strided 1x1 (a projection)
-SHAPES = [(2, 5, 7, 6, 4, 3, 1, 1), (3, 4, 9, 8, 6, 3, 2, 1), (2, 6, 5, 5, 7, 1, 1, 0), (2, 4, 7, 7, 8, 1, 2, 0)]
+SHAPES = [(2, 5, 7, 6, 4, 3, 1, 1), (3, 8, 9, 8, 6, 3, 2, 1), (2, 6, 5, 5, 7, 1, 1, 0), (2, 4, 7, 7, 8, 1, 2, 0)]
 
 
 def _inputs(shape, dtype, prologue):
@@ -59,7 +59,8 @@ def test_float16_forward_close_to_reference():
 
 def test_unservable_calls_go_to_the_fallback():
     calls = []
-    x, (m, sc, b), wt, stride, padding, dil = _inputs(SHAPES[0], torch.float16, True)
+    x, (m, sc, b), wt, stride, padding, dil = _inputs((2, 9, 7, 6, 4, 3, 1, 1), torch.float16, True)
+    few, _, wfew, *_ = _inputs(SHAPES[0], torch.float16, True)  # 5 input channels: no cuDNN fprop engine
 
     def fallback(*args):
         calls.append(args)
@@ -68,8 +69,9 @@ def test_unservable_calls_go_to_the_fallback():
     with engine.use_executor(Recording(lambda *a: None)), engine.using_fallback({"conv_bn_stats": fallback}):
         assert engine.conv_bn_stats(x.float(), m, sc, b, True, wt.float(), stride, padding, dil, 1) == "fallback"
         assert engine.conv_bn_stats(x, m, sc, b, False, wt, stride, padding, dil, 1) == "fallback"  # no ReLU
+        assert engine.conv_bn_stats(few, None, None, None, False, wfew, stride, padding, dil, 1) == "fallback"
         assert engine.conv_bn_stats(x, m, sc, b, True, wt, stride, padding, dil, 1) != "fallback"
-    assert len(calls) == 2 and engine.FALLBACK["conv_bn_stats"] is ref.conv_bn_stats
+    assert len(calls) == 3 and engine.FALLBACK["conv_bn_stats"] is ref.conv_bn_stats
 
 
 def test_bindings_are_nhwc_with_the_graphs_dtypes():

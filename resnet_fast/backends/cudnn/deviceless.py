@@ -40,6 +40,15 @@ DRIVER_ENTRY_POINTS = (
 PROPERTIES_DIR = os.path.join(os.path.dirname(__file__), "device_properties")
 
 
+def expected_support(unit: UnitGraph) -> bool:
+    """What cuDNN 9.24 answered deviceless for sm_90 (tests/backends_cudnn/test_deviceless.py holds every
+    resnet18 / resnet50 graph to this rule): float16 everything but a fprop of fewer than 8 input channels
+    (the 3-channel stem); bfloat16 no fused fprop (genstats) and no SBR-wgrad."""
+    if unit.dtype == torch.float16:
+        return not (unit.pattern == "fprop" and unit.c < 8)
+    return unit.pattern == "dgrad" or (unit.pattern == "wgrad" and not unit.prologue)
+
+
 def stub_source() -> str:
     body = "\n".join(f"int {name}(void) {{ return 100; }}" for name in DRIVER_ENTRY_POINTS)
     return "/* libcuda.so.1 stand-in: every driver call answers CUDA_ERROR_NO_DEVICE (100). */\n" + body + "\n"

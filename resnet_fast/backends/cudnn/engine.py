@@ -98,10 +98,11 @@ def _servable(op: str, x: Tensor, in_scale, in_relu: bool, groups: int) -> bool:
 
 
 def supported(unit: UnitGraph, device: torch.device) -> bool:
-    """cuDNN has an engine for this graph (asked once per key; a recording or torch executor serves all)."""
+    """cuDNN has an engine for this graph (on the GPU: a plan builds, asked once per key; stand-in executors
+    answer themselves)."""
     ex = executor()
     if not isinstance(ex, CudnnExecutor):
-        return True
+        return ex.supports(unit)
     key = f"{device}|{unit.key()}"
     if key not in _support:
         try:

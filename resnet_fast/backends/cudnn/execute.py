@@ -100,6 +100,9 @@ class TorchExecutor:
 
     dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+    def supports(self, unit: UnitGraph) -> bool:
+        return True  # any graph: this is the math, not cuDNN
+
     def __call__(self, unit: UnitGraph, tensors: Dict[str, Tensor]) -> None:
         check_bindings(unit, tensors)
         conv = dict(stride=list(unit.stride), padding=list(unit.padding), dilation=list(unit.dilation))
@@ -131,8 +134,11 @@ class Recording:
 
     dtypes = (torch.float16,)
 
-    def __init__(self, log: Callable):
+    def __init__(self, log: Callable, supports: Optional[Callable] = None):
+        from .deviceless import expected_support
+
         self.log = log
+        self.supports = supports or expected_support  # what cuDNN would serve (measured deviceless)
         self.calls: List[tuple] = []
 
     def __call__(self, unit: UnitGraph, tensors: Dict[str, Tensor]) -> None:

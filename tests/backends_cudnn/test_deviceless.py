@@ -1,0 +1,75 @@
+"""cuDNN check_support of every fused graph of a resnet18 / resnet50 training step at batch 256 (stem
+included), on CPU: a stub libcuda.so.1 built here with gcc, the committed sm_90 device description, in a
+process of its own. What cuDNN 9.24 answers (2026-12-01, sm_90):
+  float16   every SBR-conv-genstats, SBR-wgrad and dgrad(-dReLU) graph, except the 3-channel stem's
+            fprop (no engine: the engine sends it to the fallback);
+  bfloat16  no fused fprop (with or without the prologue: genstats) and no SBR-wgrad; plain wgrad and
+            dgrad(-dReLU) yes. (A subset of resnet50's graphs is checked, to keep the test short.)
+A later cuDNN that changes an answer fails here: update the README's table with it."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+cudnn = pytest.importorskip("cudnn", reason="nvidia-cudnn-frontend is not installed (pip install '.[cudnn]'; "
+                                            "Linux x86_64 only)")
+from resnet_fast.backends.cudnn import deviceless  # noqa: E402
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is needed to build the libcuda stub")
+
+
+def _unit(fields):
+    from resnet_fast.backends.cudnn.graphs import UnitGraph
+
+    f = dict(fields, dtype=getattr(torch, fields["dtype"]))
+    return UnitGraph(**{k: tuple(v) if isinstance(v, list) else v for k, v in f.items()})
+
+
+@pytest.fixture(scope="module")
+def stub_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cuda_stub"))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_float16_graphs_are_supported(arch, stub_dir):
+    rows = deviceless.check_in_subprocess(arch, 256, "float16", stub_dir)
+    expected = len(deviceless.resnet_unit_graphs(arch, 256, torch.float16))
+    assert len(rows) == expected > 0
+    for r in rows:  # the rule the byte accounting and the recording executor use
+        assert r["supported"] == deviceless.expected_support(_unit(r["graph"])), json.dumps(r)
+    unsupported = [r for r in rows if not r["supported"]]
+    assert [(r["graph"]["pattern"], r["graph"]["c"]) for r in unsupported] == [("fprop", 3)], \
+        json.dumps(unsupported, indent=1)
+    assert {r["graph"]["pattern"] for r in rows} == {"fprop", "wgrad", "dgrad"}
+    assert any(r["graph"]["prologue"] for r in rows) and any(r["graph"]["stride"] == [2, 2] for r in rows)
+
+
+def test_bfloat16_support_is_as_documented(stub_dir):
+    rows = deviceless.check_in_subprocess("resnet50", 256, "bfloat16", stub_dir, limit=10)
+    assert len(rows) == 10
+    for r in rows:
+        g = r["graph"]
+        documented = g["pattern"] == "dgrad" or (g["pattern"] == "wgrad" and not g["prologue"])
+        assert r["supported"] == documented == deviceless.expected_support(_unit(g)), json.dumps(r)
+
+
+def test_stub_answers_no_device(stub_dir):
+    """Checked in a child process: the stub must never be loaded into this one (torch and triton load libcuda)."""
+    import subprocess
+    import sys
+
+    lib = deviceless.build_stub(stub_dir)
+    code = ("import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); "
+            "print(sorted({getattr(lib, n)() for n in sys.argv[2:]}))")
+    out = subprocess.run([sys.executable, "-c", code, lib, *deviceless.DRIVER_ENTRY_POINTS], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "[100]"  # CUDA_ERROR_NO_DEVICE from every entry point
+
+
+def test_committed_device_properties_parse():
+    props = json.loads(deviceless.device_properties_json(90))
+    assert props["deviceVer"] == 900 and not any(k.startswith("_") for k in props)
+    assert all(isinstance(v, (int, list, str)) and not isinstance(v, bool) for v in props.values())
+    cudnn.create_device_properties(json.dumps(props))  # cuDNN accepts it (raises otherwise)
