@@ -1,0 +1,265 @@
+"""One GPU probe (a stage of scripts/gpu_check.sh, <= 4 minutes on an H100/H200): which engine should serve
+each resnet50 conv unit, per dtype and direction, measured and checked against aten; plus a whole step.
+
+    python scripts/gpu_probe.py --out DIR [--budget-s 230]     # on the GPU machine
+    python scripts/gpu_probe.py --out DIR --dry-run            # CPU: tiny shapes, Triton interpreted, the
+                                                               # cuDNN graphs run by TorchExecutor
+Writes to DIR:
+  cudnn_device_properties_sm<NN>.json  cudnn.create_device_properties(0).serialize() (commit it as
+                                       resnet_fast/backends/cudnn/device_properties/sm<NN>.json)
+  units.json       per (conv shape, dtype, engine): forward / backward ms, agreement with aten, or the error
+  dispatch_table.json  per (shape, dtype, direction): the fastest engine among those that agree
+  step.json        resnet50 training step (batch 256, channels_last, autocast): torchvision eager,
+                   torch.compile(torchvision), resnet_fast, per dtype, in images/s
+  probe.md         the tables
+Engines: triton-gemm (RESNET_FAST_CONV=triton), aten+triton (RESNET_FAST_CONV=aten), cudnn-fused (float16).
+Stages stop when the budget is spent (what was skipped is written down, never silently dropped).
+"""
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+
+DRY = "--dry-run" in sys.argv
+if DRY:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from resnet_fast import reference  # noqa: E402
+from resnet_fast.backends.cudnn import deviceless  # noqa: E402
+from resnet_fast.backends.cudnn import engine as cudnn_engine  # noqa: E402
+from resnet_fast.backends.cudnn.execute import TorchExecutor  # noqa: E402
+
+CL = torch.channels_last
+T0 = time.time()
+
+
+def triton_backend():
+    try:
+        from resnet_fast.backends import triton as backend
+        if hasattr(backend, "conv_bn_stats"):
+            return backend
+    except ImportError:
+        pass
+    from resnet_fast.backends import gpu as backend
+
+    return backend
+
+
+def save_device_properties(out: str) -> str:
+    if DRY or not torch.cuda.is_available():
+        return "dry run: the committed sm90.json guess is kept"
+    import cudnn
+
+    major, minor = torch.cuda.get_device_capability()
+    props = json.loads(cudnn.create_device_properties(torch.cuda.current_device()).serialize())
+    props["_source"] = (f"measured: cudnn.create_device_properties(0) on {torch.cuda.get_device_name()}, "
+                        f"cuDNN {cudnn.backend_version()}, {datetime.date.today()}")
+    path = os.path.join(out, f"cudnn_device_properties_sm{major}{minor}.json")
+    with open(path, "w") as f:
+        json.dump(props, f, indent=1)
+    return path
+
+
+def unit_shapes(dry: bool, max_units: int = 0):
+    """Distinct (n, c, h, w, k, r, stride, padding, prologue) conv units of resnet50 (tiny in a dry run)."""
+    graphs = deviceless.resnet_unit_graphs("resnet50", 2 if dry else 256, torch.float16, image=32 if dry else 224,
+                                           patterns=("fprop",))
+    shapes = [(g.n, g.c, g.h, g.w, g.k, g.r, g.stride[0], g.padding[0], g.prologue) for g in graphs]
+    if dry:  # channels / 16 (at least 8), three units after the stem (the interpreter is slow on its 7x7)
+        shapes = [(n, max(8, c // 16), h, w, max(8, k // 16), r, s, p, pro)
+                  for n, c, h, w, k, r, s, p, pro in shapes][1:4]
+        shapes.sort(key=lambda sh: not sh[-1])  # units with the BN prologue first
+    return shapes[:max_units or None]
+
+
+def _inputs(shape, dtype, device):
+    n, c, h, w, k, r, s, p, pro = shape
+    x = torch.randn(n, c, h, w, device=device).to(dtype).contiguous(memory_format=CL)
+    wt = (torch.randn(k, c, r, r, device=device) / (c * r * r) ** 0.5).to(dtype).contiguous(memory_format=CL)
+    vec = (torch.randn(c, device=device), torch.rand(c, device=device) + 0.5, torch.randn(c, device=device)) \
+        if pro else (None, None, None)
+    return x, vec, wt, [s, s], [p, p], [1, 1]
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _time_ms(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        _sync()
+        t = time.perf_counter()
+        fn()
+        _sync()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def agrees(out, ref) -> bool:
+    """Same rule as the Triton tuning: finite, max error <= 5% of the reference's max + 1e-3."""
+    for a, b in zip(out, ref):
+        if b is None or b.numel() == 0:
+            continue
+        a, b = a.float(), b.float()
+        if a.shape != b.shape or not bool(torch.isfinite(a).all()):
+            return False
+        if float((a - b).abs().max()) > 0.05 * float(b.abs().max()) + 1e-3:
+            return False
+    return True
+
+
+def engines(dtype):
+    tb = triton_backend()
+    out = {"triton-gemm": ({"RESNET_FAST_CONV": "triton"}, tb.conv_bn_stats, tb.conv_bn_stats_backward),
+           "aten+triton": ({"RESNET_FAST_CONV": "aten"}, tb.conv_bn_stats, tb.conv_bn_stats_backward)}
+    if dtype == torch.float16:
+        out["cudnn-fused"] = ({}, cudnn_engine.conv_bn_stats, cudnn_engine.conv_bn_stats_backward)
+    return out
+
+
+def probe_unit(shape, dtype, device, fwd, bwd, reps):
+    """(fwd ms, bwd ms, agrees with aten, served by cuDNN) for one engine on one unit."""
+    x, (m, sc, b), wt, st, pad, dil = _inputs(shape, dtype, device)
+    args = (x, m, sc, b, True, wt, st, pad, dil, 1)
+    y, mean, var = fwd(*args)
+    f32 = lambda t: t.float() if t is not None and t.dim() == 4 else t  # noqa: E731
+    ref = reference.conv_bn_stats(*(f32(a) for a in args[:4]), True, f32(wt), st, pad, dil, 1)
+    gy, gm, gv = torch.randn_like(y), torch.randn_like(mean) * 1e-2, torch.randn_like(var) * 1e-2
+    mask = [True, m is not None, m is not None, m is not None, True]
+    bargs = (gy, gm, gv, x, m, sc, b, True, wt, y, mean, st, pad, dil, 1, mask)
+    grads = bwd(*bargs)
+    ref_grads = reference.conv_bn_stats_backward(f32(gy), gm, gv, f32(x), m, sc, b, True, f32(wt), f32(y), mean, st,
+                                                 pad, dil, 1, mask)
+    ok = agrees((y, mean, var), ref) and agrees(grads, ref_grads)
+    return _time_ms(lambda: fwd(*args), reps), _time_ms(lambda: bwd(*bargs), reps), ok
+
+
+def probe_units(shapes, dtypes, device, reps, budget):
+    rows = []
+    for dtype in dtypes:
+        for shape in shapes:
+            for name, (env, fwd, bwd) in engines(dtype).items():
+                row = {"shape": list(shape), "dtype": str(dtype).split(".")[-1], "engine": name}
+                if time.time() - T0 > budget:
+                    rows.append({**row, "skipped": "budget spent"})
+                    continue
+                saved = {k: os.environ.get(k) for k in env}
+                os.environ.update(env)
+                try:
+                    row["fwd_ms"], row["bwd_ms"], row["agrees"] = probe_unit(shape, dtype, device, fwd, bwd, reps)
+                except Exception as e:  # noqa: BLE001  (an engine that fails here is simply never chosen)
+                    row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                finally:
+                    for k, v in saved.items():
+                        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+                rows.append(row)
+    return rows
+
+
+def dispatch_table(rows):
+    table = {}
+    for r in rows:
+        if not r.get("agrees"):
+            continue
+        for direction in ("fwd", "bwd"):
+            key = f"{r['dtype']}|{direction}|" + "x".join(str(v) for v in r["shape"])
+            if key not in table or r[f"{direction}_ms"] < table[key]["ms"]:
+                table[key] = {"engine": r["engine"], "ms": r[f"{direction}_ms"]}
+    return table
+
+
+def whole_step(dtypes, device, dry, reps, budget):
+    import torchvision
+
+    import resnet_fast
+
+    batch, image, arch = (2, 32, "resnet18") if dry else (256, 224, "resnet50")
+    results = []
+    for dtype in dtypes:
+        impls = {"torchvision eager": getattr(torchvision.models, arch),
+                 "resnet_fast": getattr(resnet_fast, arch)}
+        if not dry:
+            impls["torch.compile(torchvision)"] = lambda: torch.compile(getattr(torchvision.models, arch)())
+        for name, build in impls.items():
+            row = {"dtype": str(dtype).split(".")[-1], "impl": name, "arch": arch, "batch": batch}
+            if time.time() - T0 > budget:
+                results.append({**row, "skipped": "budget spent"})
+                continue
+            model = build().to(device, memory_format=CL)
+            x = torch.randn(batch, 3, image, image, device=device).contiguous(memory_format=CL)
+            target = torch.randint(0, 1000, (batch,), device=device)
+
+            def step():
+                with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+                    loss = torch.nn.functional.cross_entropy(model(x), target)
+                loss.backward()
+
+            try:
+                step()
+                row["images_per_s"] = batch / (_time_ms(step, reps) / 1e3)
+            except Exception as e:  # noqa: BLE001
+                row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            results.append(row)
+    return results
+
+
+def markdown(rows, table, steps, props) -> str:
+    lines = ["# GPU probe", "", f"device properties: {props}", "", "| dtype | shape (n c h w k r s p prologue) | "
+             "engine | fwd ms | bwd ms | agrees with aten |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        res = r.get("error") or r.get("skipped") or ""
+        lines.append(f"| {r['dtype']} | {r['shape']} | {r['engine']} | {r.get('fwd_ms', ''):.4} | "
+                     f"{r.get('bwd_ms', ''):.4} | {r.get('agrees', res)} |" if "fwd_ms" in r else
+                     f"| {r['dtype']} | {r['shape']} | {r['engine']} | | | {res} |")
+    lines += ["", "| dtype | impl | images/s |", "| --- | --- | --- |"]
+    lines += [f"| {s['dtype']} | {s['impl']} | {s.get('images_per_s', s.get('error', s.get('skipped')))} |"
+              for s in steps]
+    lines += ["", f"dispatch table: {len(table)} entries (dispatch_table.json)"]
+    return "\n".join(lines) + "\n"
+
+
+def _not_served(*args):
+    raise NotImplementedError("cuDNN has no engine for this graph (the engine would fall back)")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "."))
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--budget-s", type=float, default=230.0)
+    p.add_argument("--max-units", type=int, default=0, help="probe only the first N conv units (0: all)")
+    a = p.parse_args(argv)
+    os.makedirs(a.out, exist_ok=True)
+    device = torch.device("cpu" if a.dry_run else "cuda")
+    dtypes = [torch.float16] if a.dry_run else [torch.float16, torch.bfloat16]  # interpreter bf16 is wrong
+    reps = 1 if a.dry_run else 5
+    props = save_device_properties(a.out)
+    with contextlib.ExitStack() as stack:
+        if a.dry_run:
+            stack.enter_context(cudnn_engine.use_executor(TorchExecutor(supports=deviceless.expected_support)))
+        stack.enter_context(cudnn_engine.using_fallback({op: _not_served for op in cudnn_engine.IMPLEMENTS}))
+        rows = probe_units(unit_shapes(a.dry_run, a.max_units), dtypes, device, reps, a.budget_s * 0.6)
+    table = dispatch_table(rows)
+    steps = whole_step(dtypes, device, a.dry_run, reps, a.budget_s)
+    for name, data in (("units.json", rows), ("dispatch_table.json", table), ("step.json", steps)):
+        with open(os.path.join(a.out, name), "w") as f:
+            json.dump(data, f, indent=1)
+    text = markdown(rows, table, steps, props)
+    with open(os.path.join(a.out, "probe.md"), "w") as f:
+        f.write(text)
+    print(text)
+    print(f"gpu_probe: {time.time() - T0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
