@@ -128,3 +128,20 @@ def test_cudnn_executor_builds_once_and_runs_on_the_current_stream_with_a_torch_
     pack, workspace, handle = graph.executions[0]
     assert handle == "handle" and workspace.dtype == torch.uint8 and workspace.numel() == 4096
     assert set(pack) == {f"uid:{n}" for n in ("x", "scale", "bias", "w", "y", "sum", "sqsum")}
+
+
+def test_plan_cache_round_trip_and_rejects_stale_entries(tmp_path, monkeypatch):
+    from resnet_fast.backends.cudnn import plan_cache
+
+    monkeypatch.setenv("RESNET_FAST_CUDNN_CACHE", str(tmp_path))
+    key = UnitGraph("fprop", 2, 8, 5, 5, 8, 3, 3, (1, 1), (1, 1), (1, 1), True, torch.float16).key()
+    assert plan_cache.load(key, "GPU", 92400) is None
+    plan_cache.save(key, "GPU", 92400, b"\x00plan\xff", {"x": 1, "w": 2})
+    assert plan_cache.load(key, "GPU", 92400) == (b"\x00plan\xff", {"x": 1, "w": 2})
+    assert plan_cache.load(key, "GPU", 92500) is None and plan_cache.load(key, "Other GPU", 92400) is None
+    (entry,) = list(tmp_path.iterdir())
+    entry.write_text("{not json")
+    assert plan_cache.load(key, "GPU", 92400) is None  # unreadable: rebuilt, never trusted
+    monkeypatch.setenv("RESNET_FAST_CUDNN_CACHE", "off")
+    plan_cache.save(key, "GPU", 92400, b"plan", {})
+    assert plan_cache.load(key, "GPU", 92400) is None and len(list(tmp_path.iterdir())) == 1

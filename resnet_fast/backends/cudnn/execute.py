@@ -1,5 +1,6 @@
-"""Running a UnitGraph: the cuDNN executor (plans built once per graph key, cached in memory, executed on
-the current CUDA stream with a torch-allocated workspace, no host synchronization) and two stand-ins
+"""Running a UnitGraph: the cuDNN executor (plans built once per graph key, cached in memory and on disk
+(plan_cache.py), executed on the current CUDA stream with a torch-allocated workspace, no host
+synchronization) and two stand-ins
 with the same call, `executor(unit, tensors)`:
   * TorchExecutor  evaluates the graph's math with torch ops (the CPU reference of the wiring: it reads
                    and writes exactly the bound tensors, by name);
@@ -13,6 +14,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import Tensor
 
+from . import plan_cache
 from .graphs import UnitGraph
 
 
@@ -85,13 +87,26 @@ def _set_stream(handle, stream) -> None:
 
 
 def _build_plan(unit: UnitGraph, handle):
+    """(graph, {binding name: cudnn tensor or uid}, workspace bytes): from the disk cache when a plan for
+    this graph, device and cuDNN is there, else planned with heuristics A + fallback and saved."""
     import cudnn
 
+    device_name = torch.cuda.get_device_name()
+    cached = plan_cache.load(unit.key(), device_name, cudnn.backend_version())
+    if cached is not None:
+        try:
+            graph = cudnn.pygraph(handle=handle)
+            graph.deserialize(handle, cached[0])
+            return graph, cached[1], graph.get_workspace_size()
+        except Exception:  # noqa: BLE001  (a plan this cuDNN cannot load: build it again)
+            pass
     graph, handles = unit.build(handle=handle)
     graph.build_operation_graph()
     graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
     graph.check_support()
     graph.build_plans()
+    plan_cache.save(unit.key(), device_name, cudnn.backend_version(), graph.serialize(as_bytes=True),
+                    {name: t.get_uid() for name, t in handles.items()})
     return graph, handles, graph.get_workspace_size()
 
 
