@@ -12,8 +12,9 @@ Engines (each counted from its own code path, see bytes_record.py):
   aten+triton    the same backend where cuDNN's convolution wins (RESNET_FAST_CONV=aten): Triton passes around it;
   cudnn-fused    float16: the cuDNN fused-graph engine (resnet_fast.backends.cudnn) for conv_bn_stats and its
                  backward (SBR-conv-genstats; SBR-wgrad, dgrad-dReLU), the GPU backend for the rest;
-  triton-closed  bfloat16 plan (not built yet): the backward closed in Triton as issue-planned kernels would run it
-                 (bytes_plan.py), the forward as triton-gemm.
+  triton-closed  (planned for bfloat16; counted for float16 too) the backward closed in Triton (the GPU backend's closed_backward.py: wgrad and dgrad
+                 with the chain rule on load, the BN+ReLU prologue, dReLU and the dBN sums fused; not wired
+                 into the dispatch yet), the forward as triton-gemm.
 Figures are lower bounds per launch (each operand read or written once). Running-statistics and
 per-channel vector ops are counted (they are tiny); the optimizer step is not (the same for all).
 """
@@ -21,6 +22,7 @@ per-channel vector ops are counted (they are tiny); the optimizer step is not (t
 import argparse
 import contextlib
 import csv
+import importlib
 import os
 import sys
 from collections import defaultdict
@@ -32,7 +34,6 @@ import torchvision
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import bytes_plan  # noqa: E402
 from bytes_record import Launch, Recorder, recording_triton  # noqa: E402
 
 import resnet_fast  # noqa: E402
@@ -58,7 +59,15 @@ def triton_backend():
 
 def _kernel_modules():
     backend = triton_backend()
-    return [getattr(backend, "launch").bk, getattr(backend, "launch").ck]
+    closed = _closed_backward()
+    return [backend.launch.bk, backend.launch.ck, sys.modules[closed.wgrad.__module__],
+            sys.modules[closed.dgrad.__module__]]
+
+
+def _closed_backward():
+    """The bf16 backward closed in Triton (closed_backward.py of the Triton backend)."""
+    package = triton_backend().__name__
+    return importlib.import_module(f"{package}.closed_backward")
 
 
 def _table(overrides: Dict[str, Callable]) -> Dict[str, Callable]:
@@ -92,9 +101,10 @@ def engines(dtype: torch.dtype) -> Dict[str, tuple]:
 
         out["cudnn-fused"] = (resnet_fast, _table(cudnn_engine.recording_table()),
                               {"RESNET_FAST_CONV": "aten"})
-    if dtype == torch.bfloat16:
-        out["triton-closed (plan)"] = (resnet_fast, _table(bytes_plan.triton_closed_table()),
-                                       {"RESNET_FAST_CONV": "triton"})
+    if dtype in (torch.float16, torch.bfloat16):
+        out["triton-closed"] = (resnet_fast, _table({"conv_bn_stats_backward":
+                                                     _closed_backward().conv_bn_stats_backward}),
+                                {"RESNET_FAST_CONV": "triton"})
     return out
 
 
@@ -107,7 +117,6 @@ def count_step(family, table: Dict[str, Callable], env: Dict[str, str], dtype: t
         x = torch.empty(batch, 3, image, image, dtype=dtype).contiguous(memory_format=torch.channels_last)
         target = torch.zeros(batch, dtype=torch.long)
     recorder = Recorder(table)
-    bytes_plan.set_recorder(recorder)
     with _env(**env), recording_triton(recorder, *_kernel_modules()):
         from resnet_fast.backends.cudnn import engine as cudnn_engine
 

@@ -85,14 +85,36 @@ def _conv_fwd(k):
     return reads, writes
 
 
+def _chain(k):
+    return ["y_ptr", "mean_ptr", "a_ptr", "c_ptr"] if k["CHAIN"] else []
+
+
+def _wgrad(k):
+    reads = ["x_ptr", "gy_ptr"] + _chain(k)
+    if k["PROLOGUE"]:
+        reads += ["in_scale_ptr", "in_bias_ptr"] + (["in_mean_ptr"] if k["PRO_MEAN"] else [])
+    return reads, ["dw_ptr"]
+
+
+def _dgrad(k):
+    reads, writes = ["gy_ptr", "w_ptr"] + _chain(k), ["dx_ptr"]
+    if k["PROLOGUE"]:
+        reads += ["x_ptr", "in_scale_ptr"] + (["in_bias_ptr"] if k["PRO_RELU"] else []) \
+            + (["in_mean_ptr"] if k["PRO_MEAN"] else [])
+        writes += ["psum_ptr", "pxs_ptr"]
+    return reads, writes
+
+
 TRITON_POINTERS: Dict[str, Callable] = {
     "_bn_act_fwd_kernel": _bn_act_fwd,
     "_bn_act_bwd_kernel": _bn_act_bwd,
     "_channel_stats_partial_kernel": lambda k: (["y_ptr"], ["pmean_ptr", "pm2_ptr"]),
     "_stats_merge_kernel": lambda k: (["pmean_ptr", "pm2_ptr"], ["out_mean_ptr", "out_m2_ptr"]),
     "_conv_fwd_kernel": _conv_fwd,
+    "_wgrad_kernel": _wgrad,
+    "_dgrad_kernel": _dgrad,
 }
-TRITON_CONV_KERNELS = ("_conv_fwd_kernel",)
+TRITON_CONV_KERNELS = ("_conv_fwd_kernel", "_wgrad_kernel", "_dgrad_kernel")
 
 
 def kernel_arg_names(kernel) -> List[str]:

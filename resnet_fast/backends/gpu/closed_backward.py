@@ -1,0 +1,39 @@
+"""conv_bn_stats_backward closed in Triton (the bfloat16 plan: no cuDNN fused engines there), with the op's
+exact signature; not wired into the dispatch yet. Two kernels, neither of which writes dY or the
+normalized input:
+    dW        = wgrad_kernels.wgrad: dY (the BN statistics' chain rule) and the previous BN + ReLU on load;
+    dx, sums  = dgrad_kernels.dgrad: dY on load, the ReLU mask and the dBN sums in the epilogue;
+    d in_mean = -in_scale * sum g, d in_scale = sum g*(x - in_mean), d in_bias = sum g.
+Groups are not supported (ValueError): ResNeXt keeps the aten path.
+"""
+
+from typing import List, Sequence
+
+from torch import Tensor
+
+from ...conventions import memory_format_of
+from .dgrad_kernels import dgrad
+from .wgrad_kernels import wgrad
+
+
+def conv_bn_stats_backward(grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias, in_relu, weight, y, mean,
+                           stride, padding, dilation, groups, output_mask: Sequence[bool]) -> List[Tensor]:
+    if groups != 1:
+        raise ValueError(f"the closed Triton backward supports groups=1 only, got groups={groups}")
+    need_x, need_mean, need_scale, need_bias, need_w = output_mask
+    count = y.numel() // y.shape[1]
+    chain = (y, mean, grad_var * (2.0 / count), grad_mean / count)
+    prologue = (in_mean, in_scale, in_bias, in_relu) if in_scale is not None else None
+    empty = x.new_empty(0)
+    dw = empty
+    if need_w:
+        dw = wgrad(x, grad_y, weight.shape, stride, padding, dilation, prologue=prologue, chain=chain)
+        dw = dw.to(weight.dtype).contiguous(memory_format=memory_format_of(weight))
+    if not (need_x or need_mean or need_scale or need_bias):
+        return [empty, empty, empty, empty, dw]
+    dx, total, xsum = dgrad(grad_y, weight, x, stride, padding, dilation, prologue=prologue, chain=chain)
+    dx = dx.contiguous(memory_format=memory_format_of(x)) if need_x else empty
+    if prologue is None:
+        return [dx, empty, empty, empty, dw]
+    return [dx, -in_scale * total if need_mean and in_mean is not None else empty, xsum if need_scale else empty,
+            total if need_bias else empty, dw]
