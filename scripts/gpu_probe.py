@@ -12,13 +12,15 @@ Writes to DIR:
   step.json        resnet50 training step (batch 256, channels_last, autocast): torchvision eager,
                    torch.compile(torchvision), resnet_fast, per dtype, in images/s
   probe.md         the tables
-Engines: triton-gemm (RESNET_FAST_CONV=triton), aten+triton (RESNET_FAST_CONV=aten), cudnn-fused (float16).
+Engines: triton-gemm (RESNET_FAST_CONV=triton), aten+triton (RESNET_FAST_CONV=aten), triton-closed (the Triton
+GEMM forward, the closed Triton backward), cudnn-fused (float16).
 Stages stop when the budget is spent (what was skipped is written down, never silently dropped).
 """
 
 import argparse
 import contextlib
 import datetime
+import importlib
 import json
 import os
 import statistics
@@ -94,15 +96,19 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def _time_ms(fn, reps: int) -> float:
+def _time_ms(fn, reps: int, warm: bool = True):
+    """(median ms over reps calls, the last call's output), after one untimed call when warm (compilation,
+    cuDNN plan building, Triton tuning stay out; a dry run times its first calls)."""
+    if warm:
+        fn()
     times = []
     for _ in range(reps):
         _sync()
         t = time.perf_counter()
-        fn()
+        out = fn()
         _sync()
         times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    return statistics.median(times), out
 
 
 def agrees(out, ref) -> bool:
@@ -122,6 +128,8 @@ def engines(dtype):
     tb = triton_backend()
     out = {"triton-gemm": ({"RESNET_FAST_CONV": "triton"}, tb.conv_bn_stats, tb.conv_bn_stats_backward),
            "aten+triton": ({"RESNET_FAST_CONV": "aten"}, tb.conv_bn_stats, tb.conv_bn_stats_backward)}
+    closed = importlib.import_module(f"{tb.__name__}.closed_backward")
+    out["triton-closed"] = ({"RESNET_FAST_CONV": "triton"}, tb.conv_bn_stats, closed.conv_bn_stats_backward)
     if dtype == torch.float16:
         out["cudnn-fused"] = ({}, cudnn_engine.conv_bn_stats, cudnn_engine.conv_bn_stats_backward)
     return out
@@ -131,23 +139,23 @@ def probe_unit(shape, dtype, device, fwd, bwd, reps):
     """(fwd ms, bwd ms, agrees with aten, served by cuDNN) for one engine on one unit."""
     x, (m, sc, b), wt, st, pad, dil = _inputs(shape, dtype, device)
     args = (x, m, sc, b, True, wt, st, pad, dil, 1)
-    y, mean, var = fwd(*args)
+    fwd_ms, (y, mean, var) = _time_ms(lambda: fwd(*args), reps, warm=not DRY)
     f32 = lambda t: t.float() if t is not None and t.dim() == 4 else t  # noqa: E731
     ref = reference.conv_bn_stats(*(f32(a) for a in args[:4]), True, f32(wt), st, pad, dil, 1)
     gy, gm, gv = torch.randn_like(y), torch.randn_like(mean) * 1e-2, torch.randn_like(var) * 1e-2
     mask = [True, m is not None, m is not None, m is not None, True]
     bargs = (gy, gm, gv, x, m, sc, b, True, wt, y, mean, st, pad, dil, 1, mask)
-    grads = bwd(*bargs)
+    bwd_ms, grads = _time_ms(lambda: bwd(*bargs), reps, warm=not DRY)
     ref_grads = reference.conv_bn_stats_backward(f32(gy), gm, gv, f32(x), m, sc, b, True, f32(wt), f32(y), mean, st,
                                                  pad, dil, 1, mask)
     ok = agrees((y, mean, var), ref) and agrees(grads, ref_grads)
-    return _time_ms(lambda: fwd(*args), reps), _time_ms(lambda: bwd(*bargs), reps), ok
+    return fwd_ms, bwd_ms, ok
 
 
 def probe_units(shapes, dtypes, device, reps, budget):
     rows = []
-    for dtype in dtypes:
-        for shape in shapes:
+    for shape in shapes:  # shapes outermost: a spent budget cuts shapes, not a whole dtype
+        for dtype in dtypes:
             for name, (env, fwd, bwd) in engines(dtype).items():
                 row = {"shape": list(shape), "dtype": str(dtype).split(".")[-1], "engine": name}
                 if time.time() - T0 > budget:
@@ -205,8 +213,7 @@ def whole_step(dtypes, device, dry, reps, budget):
                 loss.backward()
 
             try:
-                step()
-                row["images_per_s"] = batch / (_time_ms(step, reps) / 1e3)
+                row["images_per_s"] = batch / (_time_ms(step, reps, warm=not dry)[0] / 1e3)
             except Exception as e:  # noqa: BLE001
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
             results.append(row)

@@ -17,7 +17,7 @@ def test_dry_run_writes_the_tables(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert {"units.json", "dispatch_table.json", "step.json", "probe.md"} <= set(os.listdir(tmp_path))
     rows = json.loads((tmp_path / "units.json").read_text())
-    assert {r["engine"] for r in rows} == {"triton-gemm", "aten+triton", "cudnn-fused"}
+    assert {r["engine"] for r in rows} == {"triton-gemm", "aten+triton", "triton-closed", "cudnn-fused"}
     assert all(r.get("agrees") is True for r in rows), rows  # every engine matches aten on this unit
     table = json.loads((tmp_path / "dispatch_table.json").read_text())
     assert {k.split("|")[1] for k in table} == {"fwd", "bwd"}

@@ -22,8 +22,7 @@ def _backward(dtype, x, gy, gm, gv, pro, wt, y, mean, conv):
                                       [True, pro[1] is not None, pro[1] is not None, pro[1] is not None, False])
 
 
-@pytest.mark.parametrize("prologue", [True, False])
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case,prologue", [(case, True) for case in CASES] + [(CASES[1], False)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_dgrad_with_chain_rule_on_load_and_dbn_in_the_epilogue(case, dtype, prologue):
     n, c, h, w, k, r, s, p, d = case
@@ -55,7 +54,7 @@ def test_dgrad_with_chain_rule_on_load_and_dbn_in_the_epilogue(case, dtype, prol
         assert total is None and xsum is None
 
 
-@pytest.mark.parametrize("case", CASES[:2])
+@pytest.mark.parametrize("case", CASES[1:2])
 def test_closed_backward_op_matches_the_reference(case):
     from resnet_fast.backends.gpu import closed_backward
 
