@@ -12,9 +12,9 @@ Engines (each counted from its own code path, see bytes_record.py):
   aten+triton    the same backend where cuDNN's convolution wins (RESNET_FAST_CONV=aten): Triton passes around it;
   cudnn-fused    float16: the cuDNN fused-graph engine (resnet_fast.backends.cudnn) for conv_bn_stats and its
                  backward (SBR-conv-genstats; SBR-wgrad, dgrad-dReLU), the GPU backend for the rest;
-  triton-closed  (planned for bfloat16; counted for float16 too) the backward closed in Triton (the GPU backend's closed_backward.py: wgrad and dgrad
-                 with the chain rule on load, the BN+ReLU prologue, dReLU and the dBN sums fused; not wired
-                 into the dispatch yet), the forward as triton-gemm.
+  triton-closed  the backward closed in Triton (planned for bfloat16, counted in float16 too): the GPU backend's
+                 closed_backward.py, wgrad and dgrad with the chain rule on load, the BN+ReLU prologue, dReLU
+                 and the dBN sums fused (not wired into the dispatch yet); the forward as triton-gemm.
 Figures are lower bounds per launch (each operand read or written once). Running-statistics and
 per-channel vector ops are counted (they are tiny); the optimizer step is not (the same for all).
 """
@@ -171,7 +171,8 @@ def markdown(results, batch: int, image: int, arch: str) -> str:
         verdict = "-" if name == "eager" else (f"<= {goal}x: met" if ratio <= goal else f"<= {goal}x: missed")
         lines.append(f"| {str(dtype).split('.')[-1]} | {name} | {int(s['memory_launches'])} / "
                      f"{int(s['conv_launches'])} | {s['memory'] / 1e9:.1f} ({s['memory_read'] / 1e9:.1f} + "
-                     f"{s['memory_written'] / 1e9:.1f}) | {s['conv'] / 1e9:.1f} | {(s['memory'] + s['conv']) / 1e9:.1f} "
+                     f"{s['memory_written'] / 1e9:.1f}) | {s['conv'] / 1e9:.1f} "
+                     f"| {(s['memory'] + s['conv']) / 1e9:.1f} "
                      f"| {ratio:.2f}x | {verdict} |")
     for (dtype, name), launches in results.items():
         lines += ["", f"## {str(dtype).split('.')[-1]}, {name}: launches grouped by op and kernel", "",

@@ -150,7 +150,8 @@ def conv_bn_stats_backward(grad_y, grad_mean, grad_var, x, in_mean, in_scale, in
     need_z = need_x or need_mean or need_scale or need_bias
     units = [_unit(pat, x, weight, stride, padding, dilation, prologue)
              for pat, need in (("wgrad", need_w), ("dgrad", need_z)) if need]
-    if not _servable("conv_bn_stats_backward", x, in_scale, in_relu, groups) or not all(supported(u, x.device) for u in units):
+    servable = _servable("conv_bn_stats_backward", x, in_scale, in_relu, groups)
+    if not servable or not all(supported(u, x.device) for u in units):
         return FALLBACK["conv_bn_stats_backward"](grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias,
                                                   in_relu, weight, y, mean, stride, padding, dilation, groups,
                                                   output_mask)

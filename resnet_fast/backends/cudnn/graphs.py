@@ -8,9 +8,9 @@ A `UnitGraph` is one of three patterns (what NVIDIA's MLPerf ResNet-50 runs on H
 The bracketed part is present when the unit's input carries the previous BatchNorm + ReLU (`prologue`);
 the BN shift is folded into the bias (bias' = bias - mean*scale), so scale and bias are per-channel
 [1, C, 1, 1] vectors in the activations' dtype (float32 vectors are refused by every fused fprop / wgrad
-engine: checked deviceless, cuDNN 9.24, sm_90); intermediates are float32. Activations are NHWC: dims are always given in NCHW order with
-channels-last strides, on intermediate (virtual) tensors too: cuDNN replaces a stride given without
-its dims by NCHW strides.
+engine: checked deviceless, cuDNN 9.24, sm_90); intermediates are float32. Activations are NHWC: dims
+are always given in NCHW order with channels-last strides, on intermediate (virtual) tensors too: cuDNN
+replaces a stride given without its dims by NCHW strides.
 
 Shapes: x [N, C, H, W], W [K, C, R, S], y / dy [N, K, P, Q]. Groups are not supported (ResNeXt stays on
 the other engines).
