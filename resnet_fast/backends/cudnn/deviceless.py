@@ -6,8 +6,8 @@ sm_version, and (b) a libcuda.so.1 to link: its runtime-compiled engine library 
 when it never calls it. The stub built here exports the driver entry points cuDNN 9.24 looks up, each
 returning CUDA_ERROR_NO_DEVICE (100); it is loaded (by soname) before cudnn, in a process of its own.
 
-    python -m resnet_fast.backends.cudnn.deviceless --arch resnet50 --batch 256 --dtype float16
-prints one JSON line per distinct graph: {"graph": UnitGraph fields, "supported": bool, "reason": str}.
+    python -m resnet_fast.backends.cudnn.deviceless --arch resnet18 resnet50 --batch 256 --dtype float16
+prints one JSON line per distinct graph of each arch: {"arch", "graph": UnitGraph fields, "supported", "reason"}.
 Building plans needs the real driver (cuLibraryLoadData), so this stops at check_support.
 """
 
@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -100,12 +100,12 @@ def resnet_unit_graphs(arch: str, batch: int, dtype: torch.dtype, image: int = 2
     return graphs
 
 
-def check_in_subprocess(arch: str, batch: int, dtype: str, stub_dir: Optional[str] = None,
+def check_in_subprocess(archs: Sequence[str], batch: int, dtype: str, stub_dir: Optional[str] = None,
                         limit: int = 0, timeout: float = 600) -> List[dict]:
     """Runs the check in a fresh interpreter (the stub must never enter a process that uses CUDA)."""
     stub_dir = stub_dir or tempfile.mkdtemp(prefix="resnet_fast_cudnn_")
     lib = build_stub(stub_dir)
-    cmd = [sys.executable, "-m", "resnet_fast.backends.cudnn.deviceless", "--arch", arch, "--batch", str(batch),
+    cmd = [sys.executable, "-m", "resnet_fast.backends.cudnn.deviceless", "--arch", *archs, "--batch", str(batch),
            "--dtype", dtype, "--stub", lib, "--limit", str(limit)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
@@ -113,7 +113,7 @@ def check_in_subprocess(arch: str, batch: int, dtype: str, stub_dir: Optional[st
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="deviceless cuDNN check_support of a ResNet's fused graphs")
-    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--arch", nargs="+", default=["resnet50"])
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     p.add_argument("--sm", type=int, default=90)
@@ -127,11 +127,12 @@ def main(argv=None) -> None:
     from .graphs import check_support
 
     props = cudnn.create_device_properties(device_properties_json(a.sm))
-    graphs = resnet_unit_graphs(a.arch, a.batch, getattr(torch, a.dtype))
-    for g in graphs[: a.limit or None]:
-        ok, reason = check_support(g, props, a.sm)
-        fields = {k: (str(v).split(".")[-1] if isinstance(v, torch.dtype) else v) for k, v in g._asdict().items()}
-        print(json.dumps({"graph": fields, "supported": ok, "reason": reason}), flush=True)
+    for arch in a.arch:
+        graphs = resnet_unit_graphs(arch, a.batch, getattr(torch, a.dtype))
+        for g in graphs[: a.limit or None]:
+            ok, reason = check_support(g, props, a.sm)
+            fields = {k: (str(v).split(".")[-1] if isinstance(v, torch.dtype) else v) for k, v in g._asdict().items()}
+            print(json.dumps({"arch": arch, "graph": fields, "supported": ok, "reason": reason}), flush=True)
 
 
 if __name__ == "__main__":
