@@ -4,7 +4,7 @@ Backends (each a module with functions named after the ops it implements):
   reference  resnet_fast/reference.py: plain PyTorch, every op, every device;
   native     resnet_fast/backends/native.py: the C++ (CPU) / CUDA C++ kernels of resnet_fast._C for
              the memory-bound parts, aten for the convolution itself;
-  triton     resnet_fast/backends/gpu: Triton kernels (implicit-GEMM conv with the BN prologue and
+  triton     resnet_fast/backends/triton: Triton kernels (implicit-GEMM conv with the BN prologue and
              statistics / bias-residual-ReLU epilogues, BN apply and backward passes).
 An op a backend does not implement falls back to the reference.
 
@@ -88,9 +88,9 @@ def _module(name: str):
 
         return native
     if name == "triton":
-        from .backends import gpu
+        from .backends import triton
 
-        return gpu
+        return triton
     return reference
 
 

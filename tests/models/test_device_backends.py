@@ -29,7 +29,7 @@ def triton_backend(monkeypatch, device):
     if device == "cpu":
         # The interpreter's cost is per block operation: large blocks keep a whole resnet18 to seconds.
         # (Small blocks, which exercise every mask, are tests/ops/test_triton.py's job.)
-        from resnet_fast.backends.gpu import launch, tuning
+        from resnet_fast.backends.triton import launch, tuning
 
         monkeypatch.setattr(tuning, "default_config", lambda cin_g, cout_g, m: tuning.Config(32, 128, 128, 4, 1))
         monkeypatch.setattr(launch, "_blocks", lambda c: (64, 128))

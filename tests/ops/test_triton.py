@@ -119,7 +119,7 @@ def test_bn_act_float16_dual(device):
 
 
 def test_tuning_cache_and_switch(tmp_path, monkeypatch):
-    from resnet_fast.backends.gpu import tuning
+    from resnet_fast.backends.triton import tuning
 
     cfg = tuning.Config(64, 32, 16, 4, 3)
     assert tuning._parse(cfg.name()) == cfg and tuning._parse(tuning.ATEN) == tuning.ATEN
@@ -141,7 +141,7 @@ def test_tuning_cache_and_switch(tmp_path, monkeypatch):
 def test_tuning_measures_once_keeps_the_fastest_and_replays(tmp_path, monkeypatch):
     """choose() on a (simulated) GPU: times every candidate once, keeps the fastest, writes it to the
     cache file, and afterwards (also while a CUDA graph is captured) replays it without measuring."""
-    from resnet_fast.backends.gpu import tuning
+    from resnet_fast.backends.triton import tuning
 
     monkeypatch.setenv("RESNET_FAST_TUNING_CACHE", str(tmp_path / "t.json"))
     monkeypatch.delenv("RESNET_FAST_CONV", raising=False)
