@@ -7,12 +7,13 @@ between GPU runs. Runs on meta tensors: no GPU, no memory, seconds.
 
 Engines (each counted from its own code path, see bytes_record.py):
   eager          torchvision's model, every aten op its own kernel;
-  triton-gemm    resnet_fast on its GPU backend, convolutions as the Triton implicit GEMM (RESNET_FAST_CONV=triton):
-                 BN+ReLU in the operand loads, statistics in the epilogue; backward aten dgrad/wgrad + Triton passes;
+  triton-gemm    resnet_fast on its Triton backend (as the registry loads it), convolutions as the Triton
+                 implicit GEMM (RESNET_FAST_CONV=triton): BN+ReLU in the operand loads, statistics in the
+                 epilogue; backward aten dgrad/wgrad + Triton passes;
   aten+triton    the same backend where cuDNN's convolution wins (RESNET_FAST_CONV=aten): Triton passes around it;
   cudnn-fused    float16: the cuDNN fused-graph engine (resnet_fast.backends.cudnn) for conv_bn_stats and its
                  backward (SBR-conv-genstats; SBR-wgrad, dgrad-dReLU), the GPU backend for the rest;
-  triton-closed  the backward closed in Triton (planned for bfloat16, counted in float16 too): the GPU backend's
+  triton-closed  the backward closed in Triton (planned for bfloat16, counted in float16 too): the Triton backend's
                  closed_backward.py, wgrad and dgrad with the chain rule on load, the BN+ReLU prologue, dReLU
                  and the dBN sums fused (not wired into the dispatch yet); the forward as triton-gemm.
 Figures are lower bounds per launch (each operand read or written once). Running-statistics and
@@ -22,7 +23,7 @@ per-channel vector ops are counted (they are tiny); the optimizer step is not (t
 import argparse
 import contextlib
 import csv
-import importlib
+import functools
 import os
 import sys
 from collections import defaultdict
@@ -37,42 +38,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bytes_record import Launch, Recorder, recording_triton  # noqa: E402
 
 import resnet_fast  # noqa: E402
-from resnet_fast import reference  # noqa: E402
+from resnet_fast import backends, bn_math  # noqa: E402
 
-OPS = ("conv_bn_stats", "conv_bn_stats_backward", "bn_finalize", "update_running_stats", "bn_act",
-       "bn_act_backward", "conv_bias_act", "conv_bias_act_backward")
 GOALS = {torch.float16: 0.4, torch.bfloat16: 0.5}  # memory-bound bytes, fraction of eager's
 
 
-def triton_backend():
-    """resnet_fast's Triton backend module (resnet_fast.backends.gpu, or .triton once renamed)."""
-    try:
-        from resnet_fast.backends import triton as backend  # noqa: F401
-        if hasattr(backend, "conv_bn_stats"):
-            return backend
-    except ImportError:
-        pass
-    from resnet_fast.backends import gpu as backend
-
-    return backend
-
-
 def _kernel_modules():
-    backend = triton_backend()
-    closed = _closed_backward()
-    return [backend.launch.bk, backend.launch.ck, sys.modules[closed.wgrad.__module__],
-            sys.modules[closed.dgrad.__module__]]
+    """The modules whose @triton.jit kernels the recording replaces."""
+    from resnet_fast.backends.triton import dgrad_kernels, launch, wgrad_kernels
 
-
-def _closed_backward():
-    """The bf16 backward closed in Triton (closed_backward.py of the Triton backend)."""
-    package = triton_backend().__name__
-    return importlib.import_module(f"{package}.closed_backward")
+    return [launch.bk, launch.ck, wgrad_kernels, dgrad_kernels]
 
 
 def _table(overrides: Dict[str, Callable]) -> Dict[str, Callable]:
-    backend = triton_backend()
-    table = {op: getattr(backend, op, None) or getattr(reference, op) for op in OPS}
+    """op -> callable(*op args): the Triton backend as the registry loads it, bn_math for the two per-channel
+    ops that are not dispatched, then `overrides`."""
+    table = dict(backends.load("triton")[0])
+    table.update(bn_finalize=bn_math.finalize, update_running_stats=bn_math.update_running_stats)
     table.update(overrides)
     return table
 
@@ -96,15 +78,14 @@ def engines(dtype: torch.dtype) -> Dict[str, tuple]:
     out = {"eager": (torchvision.models, {}, {}),
            "triton-gemm": (resnet_fast, _table({}), {"RESNET_FAST_CONV": "triton"}),
            "aten+triton": (resnet_fast, _table({}), {"RESNET_FAST_CONV": "aten"})}
-    if dtype == torch.float16:
-        from resnet_fast.backends.cudnn import engine as cudnn_engine
+    from resnet_fast.backends.cudnn import engine as cudnn_engine
+    from resnet_fast.backends.triton import closed_backward
 
-        out["cudnn-fused"] = (resnet_fast, _table(cudnn_engine.recording_table()),
-                              {"RESNET_FAST_CONV": "aten"})
-    if dtype in (torch.float16, torch.bfloat16):
-        out["triton-closed"] = (resnet_fast, _table({"conv_bn_stats_backward":
-                                                     _closed_backward().conv_bn_stats_backward}),
-                                {"RESNET_FAST_CONV": "triton"})
+    prims = cudnn_engine.primitives("triton")
+    if dtype == torch.float16:
+        out["cudnn-fused"] = (resnet_fast, _table(cudnn_engine.bound(prims)), {"RESNET_FAST_CONV": "aten"})
+    out["triton-closed"] = (resnet_fast, _table({"conv_bn_stats_backward": functools.partial(
+        closed_backward.conv_bn_stats_backward, prims)}), {"RESNET_FAST_CONV": "triton"})
     return out
 
 
@@ -120,8 +101,8 @@ def count_step(family, table: Dict[str, Callable], env: Dict[str, str], dtype: t
     with _env(**env), recording_triton(recorder, *_kernel_modules()):
         from resnet_fast.backends.cudnn import engine as cudnn_engine
 
-        # calls cuDNN cannot serve (the 3-channel stem's fprop) go where the lead's wiring sends them: Triton
-        with cudnn_engine.recording(recorder), cudnn_engine.using_fallback(_table({})), recorder:
+        # calls cuDNN cannot serve (the 3-channel stem's fprop) go to the composite over Triton's primitives
+        with cudnn_engine.recording(recorder), recorder:
             loss = F.cross_entropy(model(x), target)
             loss.backward()
     return recorder.launches

@@ -20,7 +20,7 @@ Stages stop when the budget is spent (what was skipped is written down, never si
 import argparse
 import contextlib
 import datetime
-import importlib
+import functools
 import json
 import os
 import statistics
@@ -41,18 +41,6 @@ from resnet_fast.backends.cudnn.execute import TorchExecutor  # noqa: E402
 
 CL = torch.channels_last
 T0 = time.time()
-
-
-def triton_backend():
-    try:
-        from resnet_fast.backends import triton as backend
-        if hasattr(backend, "conv_bn_stats"):
-            return backend
-    except ImportError:
-        pass
-    from resnet_fast.backends import gpu as backend
-
-    return backend
 
 
 def save_device_properties(out: str) -> str:
@@ -125,13 +113,20 @@ def agrees(out, ref) -> bool:
 
 
 def engines(dtype):
-    tb = triton_backend()
-    out = {"triton-gemm": ({"RESNET_FAST_CONV": "triton"}, tb.conv_bn_stats, tb.conv_bn_stats_backward),
-           "aten+triton": ({"RESNET_FAST_CONV": "aten"}, tb.conv_bn_stats, tb.conv_bn_stats_backward)}
-    closed = importlib.import_module(f"{tb.__name__}.closed_backward")
-    out["triton-closed"] = ({"RESNET_FAST_CONV": "triton"}, tb.conv_bn_stats, closed.conv_bn_stats_backward)
+    """name -> (environment, conv_bn_stats, conv_bn_stats_backward), each callable(*op args)."""
+    from resnet_fast import backends
+    from resnet_fast.backends.triton import closed_backward
+
+    tb = backends.load("triton")[0]  # the Triton backend as the registry serves it
+    prims = cudnn_engine.primitives("triton")
+    fwd, bwd = tb["conv_bn_stats"], tb["conv_bn_stats_backward"]
+    out = {"triton-gemm": ({"RESNET_FAST_CONV": "triton"}, fwd, bwd),
+           "aten+triton": ({"RESNET_FAST_CONV": "aten"}, fwd, bwd),
+           "triton-closed": ({"RESNET_FAST_CONV": "triton"}, fwd,
+                             functools.partial(closed_backward.conv_bn_stats_backward, prims))}
     if dtype == torch.float16:
-        out["cudnn-fused"] = ({}, cudnn_engine.conv_bn_stats, cudnn_engine.conv_bn_stats_backward)
+        cud = cudnn_engine.bound(prims)
+        out["cudnn-fused"] = ({}, cud["conv_bn_stats"], cud["conv_bn_stats_backward"])
     return out
 
 

@@ -1,17 +1,20 @@
 """The cuDNN engine's math and wiring on CPU: its graphs run by TorchExecutor (each graph's math in torch,
-reading and writing exactly the bound tensors) and its Triton passes under the interpreter, compared with
+reading and writing exactly the bound tensors) and its memory-bound passes on the plain-PyTorch
+primitives (the Triton ones are tested in tests/backends/), compared with
 the plain-PyTorch reference ops; CudnnExecutor's cache, workspace and stream with stand-in builders.
 The real cuDNN execution is GPU-only and unverified (no GPU has run it)."""
 
 import pytest
 import torch
 
+from resnet_fast import composites
 from resnet_fast import reference as ref
 from resnet_fast.backends.cudnn import engine
 from resnet_fast.backends.cudnn.execute import CudnnExecutor, Recording, TorchExecutor, check_bindings
 from resnet_fast.backends.cudnn.graphs import UnitGraph
 
 CL = torch.channels_last
+P = engine.primitives("reference")  # plain-PyTorch primitives for the memory-bound passes (fast on CPU)
 # (N, C, H, W, K, R, stride, padding): 3x3 pad 1, strided 3x3, 1x1, strided 1x1 (a projection)
 SHAPES = [(2, 5, 7, 6, 4, 3, 1, 1), (3, 8, 9, 8, 6, 3, 2, 1), (2, 6, 5, 5, 7, 1, 1, 0), (2, 4, 7, 7, 8, 1, 2, 0)]
 
@@ -30,7 +33,7 @@ def _inputs(shape, dtype, prologue):
 def test_forward_and_backward_match_reference_float64(shape, prologue):
     x, (m, sc, b), wt, stride, padding, dil = _inputs(shape, torch.float64, prologue)
     with engine.use_executor(TorchExecutor()):
-        y, mean, var = engine.conv_bn_stats(x, m, sc, b, True, wt, stride, padding, dil, 1)
+        y, mean, var = engine.conv_bn_stats(P, x, m, sc, b, True, wt, stride, padding, dil, 1)
     ry, rmean, rvar = ref.conv_bn_stats(x, m, sc, b, True, wt, stride, padding, dil, 1)
     torch.testing.assert_close(y, ry, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(mean, rmean, rtol=1e-9, atol=1e-10)
@@ -39,7 +42,7 @@ def test_forward_and_backward_match_reference_float64(shape, prologue):
     gy, gm, gv = torch.randn_like(ry), torch.randn_like(rmean), torch.randn_like(rvar)
     mask = [True, prologue, prologue, prologue, True]
     with engine.use_executor(TorchExecutor()):
-        got = engine.conv_bn_stats_backward(gy, gm, gv, x, m, sc, b, True, wt, ry, rmean, stride, padding, dil, 1,
+        got = engine.conv_bn_stats_backward(P, gy, gm, gv, x, m, sc, b, True, wt, ry, rmean, stride, padding, dil, 1,
                                             mask)
     want = ref.conv_bn_stats_backward(gy, gm, gv, x, m, sc, b, True, wt, ry, rmean, stride, padding, dil, 1, mask)
     for name, g, w in zip(("dx", "d_in_mean", "d_in_scale", "d_in_bias", "dW"), got, want):
@@ -49,7 +52,7 @@ def test_forward_and_backward_match_reference_float64(shape, prologue):
 def test_float16_forward_close_to_reference():
     x, (m, sc, b), wt, stride, padding, dil = _inputs(SHAPES[0], torch.float16, True)
     with engine.use_executor(TorchExecutor()):
-        y, mean, var = engine.conv_bn_stats(x, m, sc, b, True, wt, stride, padding, dil, 1)
+        y, mean, var = engine.conv_bn_stats(P, x, m, sc, b, True, wt, stride, padding, dil, 1)
     r64 = ref.conv_bn_stats(*(t.double() if t is not None else None for t in (x, m, sc, b)), True, wt.double(),
                             stride, padding, dil, 1)
     # scale' and bias' are rounded to float16 (the fused engines take them in the io dtype)
@@ -62,16 +65,17 @@ def test_unservable_calls_go_to_the_fallback():
     x, (m, sc, b), wt, stride, padding, dil = _inputs((2, 9, 7, 6, 4, 3, 1, 1), torch.float16, True)
     few, _, wfew, *_ = _inputs(SHAPES[0], torch.float16, True)  # 5 input channels: no cuDNN fprop engine
 
-    def fallback(*args):
+    def fallback(prims, *args):
+        assert prims is P
         calls.append(args)
         return "fallback"
 
     with engine.use_executor(Recording(lambda *a: None)), engine.using_fallback({"conv_bn_stats": fallback}):
-        assert engine.conv_bn_stats(x.float(), m, sc, b, True, wt.float(), stride, padding, dil, 1) == "fallback"
-        assert engine.conv_bn_stats(x, m, sc, b, False, wt, stride, padding, dil, 1) == "fallback"  # no ReLU
-        assert engine.conv_bn_stats(few, None, None, None, False, wfew, stride, padding, dil, 1) == "fallback"
-        assert engine.conv_bn_stats(x, m, sc, b, True, wt, stride, padding, dil, 1) != "fallback"
-    assert len(calls) == 3 and engine.FALLBACK["conv_bn_stats"] is ref.conv_bn_stats
+        assert engine.conv_bn_stats(P, x.float(), m, sc, b, True, wt.float(), stride, padding, dil, 1) == "fallback"
+        assert engine.conv_bn_stats(P, x, m, sc, b, False, wt, stride, padding, dil, 1) == "fallback"  # no ReLU
+        assert engine.conv_bn_stats(P, few, None, None, None, False, wfew, stride, padding, dil, 1) == "fallback"
+        assert engine.conv_bn_stats(P, x, m, sc, b, True, wt, stride, padding, dil, 1) != "fallback"
+    assert len(calls) == 3 and engine.FALLBACK["conv_bn_stats"] is composites.conv_bn_stats
 
 
 def test_bindings_are_nhwc_with_the_graphs_dtypes():
@@ -79,10 +83,10 @@ def test_bindings_are_nhwc_with_the_graphs_dtypes():
     rec = Recording(lambda name, kind, reads, writes: logged.append((name, kind, len(reads), len(writes))))
     x, (m, sc, b), wt, stride, padding, dil = _inputs(SHAPES[1], torch.float16, True)
     with engine.use_executor(rec):
-        y, mean, var = engine.conv_bn_stats(x.contiguous(), m, sc, b, True, wt.contiguous(), stride, padding, dil, 1)
+        y, mean, var = engine.conv_bn_stats(P, x.contiguous(), m, sc, b, True, wt.contiguous(), stride, padding, dil, 1)
         y, mean, var = torch.randn_like(y), torch.randn_like(mean), torch.rand_like(var)  # (outputs never computed)
-        engine.conv_bn_stats_backward(torch.randn_like(y), mean, var, x, m, sc, b, True, wt, y, mean, stride, padding,
-                                      dil, 1, [True, True, True, True, True])
+        engine.conv_bn_stats_backward(P, torch.randn_like(y), mean, var, x, m, sc, b, True, wt, y, mean, stride,
+                                      padding, dil, 1, [True, True, True, True, True])
     assert [c[0].pattern for c in rec.calls] == ["fprop", "wgrad", "dgrad"]
     for unit, tensors in rec.calls:
         check_bindings(unit, tensors)  # raises on any shape / stride / dtype mismatch
@@ -121,7 +125,7 @@ def test_cudnn_executor_builds_once_and_runs_on_the_current_stream_with_a_torch_
     x, (m, sc, b), wt, stride, padding, dil = _inputs(SHAPES[0], torch.float16, True)
     with engine.use_executor(ex):
         for _ in range(2):
-            engine.conv_bn_stats(x, m, sc, b, True, wt, stride, padding, dil, 1)
+            engine.conv_bn_stats(P, x, m, sc, b, True, wt, stride, padding, dil, 1)
     assert len(built) == 1 and ex.builds == 1
     graph = ex.plan(built[0][0], x.device)[0]
     assert len(graph.executions) == 2 and streams == [("handle", 1234)] * 2

@@ -2,7 +2,7 @@
 compiled, each against the reference ops in float64, held to 2x the reference's own error in the same
 dtype; the cuDNN forward captured in a CUDA graph and replayed. None of this has run yet."""
 
-import importlib
+import functools
 
 import pytest
 import torch
@@ -44,13 +44,14 @@ def test_cudnn_engine_forward_and_backward(shape):
     from resnet_fast.backends.cudnn import engine
 
     x, pro, wt, *conv = _unit(shape, torch.float16)
+    ops = engine.bound(engine.primitives("triton"))
     with engine.using_fallback({op: _never for op in engine.IMPLEMENTS}):
-        got = engine.conv_bn_stats(x, *pro, True, wt, *conv, 1)
+        got = ops["conv_bn_stats"](x, *pro, True, wt, *conv, 1)
         want = ref.conv_bn_stats(*_f64([x, *pro]), True, wt.double(), *conv, 1)
         eager = ref.conv_bn_stats(x, *pro, True, wt, *conv, 1)
         for name, g, w, e in zip(("y", "mean", "var"), got, want, eager):
             assert_close_to_ref(name, g, e, w, dtype=torch.float16, norm="l2")
-        _check_backward(engine.conv_bn_stats_backward, x, pro, wt, conv, torch.float16)
+        _check_backward(ops["conv_bn_stats_backward"], x, pro, wt, conv, torch.float16)
 
 
 def test_cudnn_forward_replays_in_a_cuda_graph():
@@ -58,14 +59,15 @@ def test_cudnn_forward_replays_in_a_cuda_graph():
     from resnet_fast.backends.cudnn import engine
 
     x, pro, wt, *conv = _unit(UNITS[0], torch.float16)
+    fwd = engine.bound(engine.primitives("triton"))["conv_bn_stats"]
     with engine.using_fallback({op: _never for op in engine.IMPLEMENTS}):
-        expected = engine.conv_bn_stats(x, *pro, True, wt, *conv, 1)  # builds the plan outside the capture
+        expected = fwd(x, *pro, True, wt, *conv, 1)  # builds the plan outside the capture
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            captured = engine.conv_bn_stats(x, *pro, True, wt, *conv, 1)
+            captured = fwd(x, *pro, True, wt, *conv, 1)
         x.copy_(x * 0.5)
         graph.replay()
-        fresh = engine.conv_bn_stats(x, *pro, True, wt, *conv, 1)
+        fresh = fwd(x, *pro, True, wt, *conv, 1)
     for c, f, e in zip(captured, fresh, expected):
         torch.testing.assert_close(c, f)
         assert not torch.equal(c, e)
@@ -74,12 +76,12 @@ def test_cudnn_forward_replays_in_a_cuda_graph():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", UNITS)
 def test_closed_triton_backward_compiled(shape, dtype):
-    try:
-        closed = importlib.import_module("resnet_fast.backends.triton.closed_backward")
-    except ImportError:
-        closed = importlib.import_module("resnet_fast.backends.gpu.closed_backward")
+    from resnet_fast.backends.cudnn.engine import primitives
+    from resnet_fast.backends.triton import closed_backward
+
     x, pro, wt, *conv = _unit(shape, dtype)
-    _check_backward(closed.conv_bn_stats_backward, x, pro, wt, conv, dtype)
+    _check_backward(functools.partial(closed_backward.conv_bn_stats_backward, primitives("triton")), x, pro, wt,
+                    conv, dtype)
 
 
 def _never(*args):

@@ -55,14 +55,15 @@ def test_triton_pointer_table_covers_every_kernel_argument():
 
 
 def test_triton_stand_in_logs_only_the_operands_the_flags_touch():
-    backend = bytes_accounting.triton_backend()
+    from resnet_fast.backends.triton import launch
+
     rec = bytes_record.Recorder()
     with torch.device("meta"):
         x = torch.empty(2, 16, 4, 4, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
         vec = torch.empty(16)
     with bytes_record.recording_triton(rec, *bytes_accounting._kernel_modules()), rec:
-        backend.launch.bn_act(x, vec, vec, vec, None, None, None, None, True)
-        backend.launch.bn_act(x, vec, vec, vec, x.clone(), None, None, None, True)
+        launch.bn_act(x, vec, vec, vec, None, None, None, None, True)
+        launch.bn_act(x, vec, vec, vec, x.clone(), None, None, None, True)
     plain, with_res = [lc for lc in rec.launches if lc.name == "_bn_act_fwd_kernel"]
     assert plain.written == with_res.written == x.numel() * 2
     assert with_res.read - plain.read == x.numel() * 2  # the residual, one more activation read
@@ -107,7 +108,7 @@ def test_markdown_and_csv(tiny_results, tmp_path):
 def test_cudnn_engine_builds_only_deviceless_checked_graphs():
     """The graphs the engine executes in a resnet50 step at batch 256 are among those the deviceless test
     check_supports (test_deviceless.py), so that test covers the very graphs the engine builds."""
-    rec = bytes_record.Recorder(bytes_accounting._table(engine.recording_table()))
+    rec = bytes_record.Recorder(bytes_accounting._table(engine.bound(engine.primitives("triton"))))
     recording = Recording(rec.log)
     with torch.device("meta"):
         import resnet_fast
@@ -115,7 +116,7 @@ def test_cudnn_engine_builds_only_deviceless_checked_graphs():
         model = resnet_fast.resnet50().to(dtype=torch.float16, memory_format=torch.channels_last)
         x = torch.empty(256, 3, 224, 224, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
     with bytes_record.recording_triton(rec, *bytes_accounting._kernel_modules()), engine.use_executor(recording), \
-            engine.using_fallback(bytes_accounting._table({})), rec:
+            rec:
         model(x).sum().backward()
     built = {unit for unit, _ in recording.calls}
     checked = set(deviceless.resnet_unit_graphs("resnet50", 256, torch.float16))

@@ -1,9 +1,7 @@
-"""The fused dgrad kernel (resnet_fast/backends/gpu/dgrad_kernels.py) against the reference op
+"""The fused dgrad kernel (resnet_fast/backends/triton/dgrad_kernels.py) against the reference op
 conv_bn_stats_backward in float64: dx and the dBN sums, with the BN-statistics chain rule applied to the
 incoming gradient on load and the previous BN + ReLU's backward in the epilogue; held to 2x the
 reference op's own error in the same dtype. Under TRITON_INTERPRET=1 on CPU (float32, float16)."""
-
-import importlib
 
 import pytest
 import torch
@@ -11,10 +9,7 @@ import torch
 from helpers import assert_close_to_ref
 from resnet_fast import reference as ref
 
-try:  # the Triton backend's package, before or after its rename from backends.gpu to backends.triton
-    from resnet_fast.backends.triton import dgrad_kernels
-except ImportError:
-    from resnet_fast.backends.gpu import dgrad_kernels
+from resnet_fast.backends.triton import dgrad_kernels
 
 CL = torch.channels_last
 CASES = [(2, 5, 7, 6, 19, 3, 1, 1, 1), (3, 18, 9, 8, 6, 3, 2, 1, 1), (2, 7, 5, 5, 17, 1, 1, 0, 1),
@@ -34,11 +29,10 @@ def test_dgrad_with_chain_rule_on_load_and_dbn_in_the_epilogue(case, dtype, prol
     conv = ([s, s], [p, p], [d, d])
     x = torch.randn(n, c, h, w, dtype=torch.float64) + 0.5
     wt = torch.randn(k, c, r, r, dtype=torch.float64) / (c * r * r) ** 0.5
-    y = torch.nn.functional.conv2d(x, wt, stride=s, padding=p, dilation=d) + 1.0
-    mean = y.mean((0, 2, 3))
-    gy, gm, gv = torch.randn_like(y), torch.randn(k, dtype=torch.float64), torch.randn(k, dtype=torch.float64)
     pro = (torch.randn(c, dtype=torch.float64), torch.rand(c, dtype=torch.float64) + 0.5,
            torch.randn(c, dtype=torch.float64)) if prologue else (None, None, None)
+    y, mean, _ = ref.conv_bn_stats(x, *pro, True, wt, *conv, 1)  # the reference backward recomputes them
+    gy, gm, gv = torch.randn_like(y), torch.randn(k, dtype=torch.float64), torch.randn(k, dtype=torch.float64)
     want = _backward(torch.float64, x, gy, gm, gv, pro, wt, y, mean, conv)
     eager = _backward(dtype, x, gy, gm, gv, tuple(v.float() if v is not None else None for v in pro), wt, y,
                       mean.float(), conv)
@@ -61,20 +55,28 @@ def test_dgrad_with_chain_rule_on_load_and_dbn_in_the_epilogue(case, dtype, prol
 
 @pytest.mark.parametrize("case", CASES[1:2])
 def test_closed_backward_op_matches_the_reference(case):
-    closed_backward = importlib.import_module(dgrad_kernels.__name__.rsplit(".", 1)[0] + ".closed_backward")
+    from resnet_fast.backends.triton import closed_backward
 
     n, c, h, w, k, r, s, p, d = case
     conv = ([s, s], [p, p], [d, d])
     x = torch.randn(n, c, h, w).contiguous(memory_format=CL)
     wt = (torch.randn(k, c, r, r) / (c * r * r) ** 0.5).contiguous(memory_format=CL)
-    y = torch.nn.functional.conv2d(x, wt, stride=s, padding=p, dilation=d).contiguous(memory_format=CL)
-    args = (torch.randn_like(y), torch.randn(k), torch.randn(k), x, torch.randn(c), torch.rand(c) + 0.5,
-            torch.randn(c), True, wt, y, y.mean((0, 2, 3)), *conv, 1, [True] * 5)
-    got = closed_backward.conv_bn_stats_backward(*args)
+    pro = (torch.randn(c), torch.rand(c) + 0.5, torch.randn(c))
+    y, mean, _ = ref.conv_bn_stats(x, *pro, True, wt, *conv, 1)
+    args = (torch.randn_like(y), torch.randn(k), torch.randn(k), x, *pro, True, wt, y, mean, *conv, 1, [True] * 5)
+    from resnet_fast.backends.cudnn.engine import primitives
+
+    P = primitives("triton")
+    got = closed_backward.conv_bn_stats_backward(P, *args)
     want = ref.conv_bn_stats_backward(*(a.double() if isinstance(a, torch.Tensor) else a for a in args))
     eager = ref.conv_bn_stats_backward(*args)
     for name, g, wnt, e in zip(("dx", "d in_mean", "d in_scale", "d in_bias", "dW"), got, want, eager):
         assert g.dtype == e.dtype
         assert_close_to_ref(name, g, e, wnt)
-    with pytest.raises(ValueError, match="groups=1"):
-        closed_backward.conv_bn_stats_backward(*args[:14], 2, [True] * 5)
+    # groups: the composite over P (aten dgrad / wgrad) serves it
+    wg = wt[:, : c // 2].contiguous(memory_format=CL)
+    yg, mg, _ = ref.conv_bn_stats(x, *pro, True, wg, *conv, 2)
+    gargs = (*args[:8], wg, yg, mg, *conv, 2, [True] * 5)
+    gargs = (torch.randn_like(yg), *gargs[1:])
+    for g, w in zip(closed_backward.conv_bn_stats_backward(P, *gargs), ref.conv_bn_stats_backward(*gargs)):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)

@@ -1,4 +1,4 @@
-"""The fused wgrad kernel (resnet_fast/backends/gpu/wgrad_kernels.py): dW with the BN-statistics chain rule
+"""The fused wgrad kernel (resnet_fast/backends/triton/wgrad_kernels.py): dW with the BN-statistics chain rule
 applied to the incoming gradient and the previous BN + ReLU applied to the input, both on load, against
 float64 (dY and the normalized input materialized, then aten's wgrad), held to 2x eager's own error in the
 same dtype. Under TRITON_INTERPRET=1 on CPU (float32, float16: the interpreter's bfloat16 dot is wrong)."""
@@ -8,10 +8,7 @@ import torch
 
 from helpers import assert_close_to_ref
 
-try:  # the Triton backend's package, before or after its rename from backends.gpu to backends.triton
-    from resnet_fast.backends.triton import wgrad_kernels
-except ImportError:
-    from resnet_fast.backends.gpu import wgrad_kernels
+from resnet_fast.backends.triton import wgrad_kernels
 
 CL = torch.channels_last
 # (N, C, H, W, K, R, stride, padding, dilation): odd sizes, a strided 3x3, a 1x1, a dilated 3x3

@@ -1,29 +1,34 @@
-"""conv_bn_stats and conv_bn_stats_backward on cuDNN fused graphs (float16), with the ops' exact signatures.
+"""conv_bn_stats and conv_bn_stats_backward on cuDNN fused graphs (float16), as registry overrides: the
+composites' signatures, primitives `P` first (resnet_fast/backends/__init__.py has the contract).
 
 Forward, one graph:   y, sum y, sum y^2 = fprop graph(x, scale', bias', W)    (BN+ReLU on load, stats fused)
                       mean = sum/M, var = max(sum y^2/M - mean^2, 0)         (per channel, torch)
-Backward:             dy = grad_y + (y - mean)*2*grad_var/M + grad_mean/M    (one Triton pass: the BN
+Backward:             dy = grad_y + (y - mean)*2*grad_var/M + grad_mean/M    (P.bn_act, one pass: the BN
                                                                               statistics' chain rule)
                       dW = wgrad graph(x, scale', bias', dy)                  (prologue recomputed on load)
                       g  = dgrad graph(dy, W, x, scale', bias')               (dReLU mask recomputed)
-                      dx = g*in_scale, sum g, sum g*(x - in_mean)             (one Triton pass)
+                      dx = g*in_scale, sum g, sum g*(x - in_mean)             (P.bn_act_backward)
 with scale' = in_scale, bias' = in_bias - in_mean*in_scale in the activations' dtype. Note the variance
 comes from sums (E[y^2] - E[y]^2, as cuDNN's genstats gives them): less robust than the Triton
 backend's Chan merge when |mean| >> std.
 
-A call cuDNN cannot serve (a dtype other than float16, groups, a prologue without ReLU, a graph without
-an engine, such as the 3-channel stem's fprop) goes to FALLBACK[op] (the reference unless set_fallback
-installs another backend's function). Which executor runs the graphs is module state: CudnnExecutor on
-the GPU, replaceable for tests and byte accounting (`use_executor`, `recording`).
+P is the Triton backend's primitive set on the GPU (`primitives()`), which runs those two passes as Triton
+kernels. A call cuDNN cannot serve (a dtype other than float16, groups, a prologue without ReLU, a graph
+without an engine, such as the 3-channel stem's fprop) goes to FALLBACK[op], the composite over P unless
+`using_fallback` installs another function of the same signature. Which executor runs the graphs is
+module state: CudnnExecutor on the GPU, replaceable for tests and byte accounting (`use_executor`,
+`recording`).
 """
 
 import contextlib
+import functools
+import importlib
 from typing import Callable, Dict, List, Sequence
 
 import torch
 from torch import Tensor
 
-from ... import reference
+from ... import backends, composites
 from ...conventions import memory_format_of, stat_dtype
 from .execute import CudnnExecutor, Recording
 from .graphs import UnitGraph
@@ -31,13 +36,20 @@ from .graphs import UnitGraph
 IMPLEMENTS = {"conv_bn_stats": (torch.float16,), "conv_bn_stats_backward": (torch.float16,)}
 CL = torch.channels_last
 
-FALLBACK: Dict[str, Callable] = {op: getattr(reference, op) for op in IMPLEMENTS}
+FALLBACK: Dict[str, Callable] = {op: getattr(composites, op) for op in IMPLEMENTS}
 _state = {"executor": None}
 _support: Dict[str, bool] = {}
 
 
+def primitives(name: str = "triton") -> "backends.Primitives":
+    """Backend `name`'s primitive set (the engine's P on the GPU: Triton's)."""
+    b = backends.BACKENDS[name]
+    mod = importlib.import_module(b.primitives)
+    return backends.Primitives(*(getattr(mod, p) for p in backends.PRIMITIVES), backends.LAYOUTS[b.layout])
+
+
 def set_fallback(table: Dict[str, Callable]) -> None:
-    """Who serves the calls cuDNN cannot: op name -> function with the op's signature."""
+    """Who serves the calls cuDNN cannot: op name -> function (P, *op args)."""
     FALLBACK.update({op: fn for op, fn in table.items() if op in IMPLEMENTS})
 
 
@@ -74,17 +86,10 @@ def recording(recorder):
     return use_executor(Recording(recorder.log))
 
 
-def recording_table() -> Dict[str, Callable]:
-    return {"conv_bn_stats": conv_bn_stats, "conv_bn_stats_backward": conv_bn_stats_backward}
-
-
-def _launch():
-    """The Triton backend's host launchers (bn_act, bn_act_backward): the memory-bound passes."""
-    try:
-        from ..triton import launch  # after the backend's rename
-    except ImportError:
-        from ..gpu import launch
-    return launch
+def bound(P) -> Dict[str, Callable]:
+    """op -> callable(*op args) over primitives P (what the registry's load() makes of an override)."""
+    return {"conv_bn_stats": functools.partial(conv_bn_stats, P),
+            "conv_bn_stats_backward": functools.partial(conv_bn_stats_backward, P)}
 
 
 def _unit(pattern: str, x: Tensor, weight: Tensor, stride, padding, dilation, prologue: bool) -> UnitGraph:
@@ -124,11 +129,11 @@ def _nhwc(t: Tensor) -> Tensor:
     return t.contiguous(memory_format=CL)
 
 
-def conv_bn_stats(x, in_mean, in_scale, in_bias, in_relu, weight, stride, padding, dilation, groups):
+def conv_bn_stats(P, x, in_mean, in_scale, in_bias, in_relu, weight, stride, padding, dilation, groups):
     prologue = in_scale is not None
     unit = _unit("fprop", x, weight, stride, padding, dilation, prologue) if x.dim() == 4 else None
     if unit is None or not _servable("conv_bn_stats", x, in_scale, in_relu, groups) or not supported(unit, x.device):
-        return FALLBACK["conv_bn_stats"](x, in_mean, in_scale, in_bias, in_relu, weight, stride, padding, dilation,
+        return FALLBACK["conv_bn_stats"](P, x, in_mean, in_scale, in_bias, in_relu, weight, stride, padding, dilation,
                                          groups)
     p, q = unit.out_hw
     y = torch.empty((unit.n, unit.k, p, q), dtype=x.dtype, device=x.device, memory_format=CL)
@@ -143,7 +148,7 @@ def conv_bn_stats(x, in_mean, in_scale, in_bias, in_relu, weight, stride, paddin
     return y.contiguous(memory_format=memory_format_of(x)), mean, var
 
 
-def conv_bn_stats_backward(grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias, in_relu, weight, y, mean,
+def conv_bn_stats_backward(P, grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias, in_relu, weight, y, mean,
                            stride, padding, dilation, groups, output_mask: Sequence[bool]) -> List[Tensor]:
     need_x, need_mean, need_scale, need_bias, need_w = output_mask
     prologue = in_scale is not None
@@ -152,12 +157,11 @@ def conv_bn_stats_backward(grad_y, grad_mean, grad_var, x, in_mean, in_scale, in
              for pat, need in (("wgrad", need_w), ("dgrad", need_z)) if need]
     servable = _servable("conv_bn_stats_backward", x, in_scale, in_relu, groups)
     if not servable or not all(supported(u, x.device) for u in units):
-        return FALLBACK["conv_bn_stats_backward"](grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias,
+        return FALLBACK["conv_bn_stats_backward"](P, grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias,
                                                   in_relu, weight, y, mean, stride, padding, dilation, groups,
                                                   output_mask)
-    launch = _launch()
     count = y.numel() // y.shape[1]
-    dy = launch.bn_act(_nhwc(y), mean, grad_var * (2.0 / count), grad_mean / count, _nhwc(grad_y), None, None,
+    dy = P.bn_act(_nhwc(y), mean, grad_var * (2.0 / count), grad_mean / count, _nhwc(grad_y), None, None,
                        None, False)
     xs = _nhwc(x)
     vectors = _vectors(x, in_mean, in_scale, in_bias) if prologue else {}
@@ -174,8 +178,8 @@ def conv_bn_stats_backward(grad_y, grad_mean, grad_var, x, in_mean, in_scale, in
     if not prologue:
         return [g.contiguous(memory_format=memory_format_of(x)), empty, empty, empty, dw]
     # g is dL/d(pre-activation): dx = g*scale, d bias = sum g, d scale = sum g*(x - mean), d mean = -scale*sum g.
-    dx, _, total, xsum, _ = launch.bn_act_backward(g, g, xs, in_mean, in_scale, None, None, None, False, need_x,
-                                                   False, need_bias or need_mean, need_scale, False)
+    dx, _, total, xsum, _ = P.bn_act_backward(g, g, xs, in_mean, in_scale, None, None, None, False,
+                                              [need_x, False, need_bias or need_mean, need_scale, False])
     return [dx.contiguous(memory_format=memory_format_of(x)) if need_x else empty,
             -in_scale * total if need_mean and in_mean is not None else empty,
             xsum if need_scale else empty, total if need_bias else empty, dw]

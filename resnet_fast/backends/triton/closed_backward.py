@@ -1,25 +1,28 @@
 """conv_bn_stats_backward closed in Triton (the bfloat16 plan: no cuDNN fused engines there), with the op's
-exact signature; not wired into the dispatch yet. Two kernels, neither of which writes dY or the
-normalized input:
+signature as a registry override (primitives P first); not declared in the registry yet. Two kernels,
+neither of which writes dY or the normalized input:
     dW        = wgrad_kernels.wgrad: dY (the BN statistics' chain rule) and the previous BN + ReLU on load;
     dx, sums  = dgrad_kernels.dgrad: dY on load, the ReLU mask and the dBN sums in the epilogue;
     d in_mean = -in_scale * sum g, d in_scale = sum g*(x - in_mean), d in_bias = sum g.
-Groups are not supported (ValueError): ResNeXt keeps the aten path.
+Groups fall back to the composite over P (aten dgrad / wgrad): ResNeXt keeps that path.
 """
 
 from typing import List, Sequence
 
 from torch import Tensor
 
+from ... import composites
 from ...conventions import memory_format_of
 from .dgrad_kernels import dgrad
 from .wgrad_kernels import wgrad
 
 
-def conv_bn_stats_backward(grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias, in_relu, weight, y, mean,
+def conv_bn_stats_backward(P, grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias, in_relu, weight, y, mean,
                            stride, padding, dilation, groups, output_mask: Sequence[bool]) -> List[Tensor]:
     if groups != 1:
-        raise ValueError(f"the closed Triton backward supports groups=1 only, got groups={groups}")
+        return composites.conv_bn_stats_backward(P, grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias,
+                                                 in_relu, weight, y, mean, stride, padding, dilation, groups,
+                                                 output_mask)
     need_x, need_mean, need_scale, need_bias, need_w = output_mask
     count = y.numel() // y.shape[1]
     chain = (y, mean, grad_var * (2.0 / count), grad_mean / count)
