@@ -149,3 +149,21 @@ def test_plan_cache_round_trip_and_rejects_stale_entries(tmp_path, monkeypatch):
     monkeypatch.setenv("RESNET_FAST_CUDNN_CACHE", "off")
     plan_cache.save(key, "GPU", 92400, b"plan", {})
     assert plan_cache.load(key, "GPU", 92400) is None and len(list(tmp_path.iterdir())) == 1
+
+
+def test_registry_entry_loads_and_serves_through_the_engine(monkeypatch):
+    """REGISTRY_ENTRY passes the registry's checks and its table runs the engine's graphs (recorded), with
+    the Triton primitives (interpreted here) for the memory-bound passes."""
+    from resnet_fast import backends
+    from resnet_fast.backends import cudnn as cudnn_backend
+
+    monkeypatch.setitem(backends.BACKENDS, "cudnn", cudnn_backend.REGISTRY_ENTRY)
+    table, _ = backends.load("cudnn")
+    x, (m, sc, b), wt, stride, padding, dil = _inputs((2, 8, 5, 5, 8, 3, 1, 1), torch.float16, True)
+    rec = Recording(lambda *a: None)
+    with engine.use_executor(rec):
+        y, mean, var = table["conv_bn_stats"](x, m, sc, b, True, wt, stride, padding, dil, 1)
+        y, mean, var = torch.randn_like(y), torch.randn_like(mean), torch.rand_like(var)
+        table["conv_bn_stats_backward"](torch.randn_like(y), mean, var, x, m, sc, b, True, wt, y, mean, stride,
+                                        padding, dil, 1, [True] * 5)
+    assert [u.pattern for u, _ in rec.calls] == ["fprop", "wgrad", "dgrad"]
