@@ -64,3 +64,12 @@ def test_groups_are_refused():
     x = torch.randn(1, 4, 5, 5).contiguous(memory_format=CL)
     with pytest.raises(ValueError, match="groups=1"):
         wgrad_kernels.wgrad(x, torch.randn(1, 4, 5, 5), (4, 2, 3, 3), [1, 1], [1, 1], [1, 1])
+
+
+def test_the_row_split_does_not_change_the_result():
+    x = torch.randn(2, 6, 7, 7).contiguous(memory_format=CL)
+    gy = torch.randn(2, 5, 7, 7).contiguous(memory_format=CL)
+    args = (x, gy, (5, 6, 3, 3), [1, 1], [1, 1], [1, 1])
+    one = wgrad_kernels.wgrad(*args, splits=1)
+    torch.testing.assert_close(wgrad_kernels.wgrad(*args, splits=4), one, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(one, _wgrad(gy, x, (5, 6, 3, 3), [1, 1], [1, 1], [1, 1]), rtol=1e-4, atol=1e-4)
