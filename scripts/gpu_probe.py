@@ -251,8 +251,10 @@ def main(argv=None):
             stack.enter_context(cudnn_engine.use_executor(TorchExecutor(supports=deviceless.expected_support)))
         stack.enter_context(cudnn_engine.using_fallback({op: _not_served for op in cudnn_engine.IMPLEMENTS}))
         rows = probe_units(unit_shapes(a.dry_run, a.max_units), dtypes, device, reps, a.budget_s * 0.6)
+    t_units = time.time() - T0
     table = dispatch_table(rows)
     steps = whole_step(dtypes, device, a.dry_run, reps, a.budget_s)
+    print(f"gpu_probe: units {t_units:.0f} s, whole step {time.time() - T0 - t_units:.0f} s")
     for name, data in (("units.json", rows), ("dispatch_table.json", table), ("step.json", steps)):
         with open(os.path.join(a.out, name), "w") as f:
             json.dump(data, f, indent=1)
