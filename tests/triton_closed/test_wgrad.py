@@ -28,13 +28,13 @@ def _math(x, gy, y, mean, a, c, in_mean, in_scale, in_bias, relu, shape, conv):
     return _wgrad(dy.to(x.dtype), z.to(x.dtype), shape, *conv)
 
 
-# every case with both fusions, and each fusion alone / neither on one case (the suite's time budget)
-COMBOS = [(case, True, True) for case in CASES] + [(CASES[0], True, False), (CASES[1], False, True),
-                                                   (CASES[2], False, False)]
+F32, F16 = torch.float32, torch.float16
+# every case with both fusions in both dtypes; each fusion alone / neither once (the suite's time budget)
+COMBOS = [(dt, case, True, True) for case in CASES for dt in (F32, F16)] + [
+    (F16, CASES[0], True, False), (F32, CASES[1], False, True), (F32, CASES[2], False, False)]
 
 
-@pytest.mark.parametrize("case,prologue,chain", COMBOS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype,case,prologue,chain", COMBOS)
 def test_wgrad_with_chain_rule_and_prologue_on_load(case, dtype, prologue, chain):
     n, c, h, w, k, r, s, p, d = case
     conv = ([s, s], [p, p], [d, d])
