@@ -1,0 +1,24 @@
+"""Checks the GPU test stage's selection without a GPU: `pytest tests/ -m gpu -k "not native"
+--collect-only` must select tests, and none of them a CPU instance (a `cpu` parameter id), which on a
+CUDA machine would run outside the interpreter and error. Prints the count; exit 1 on a CPU instance."""
+
+import re
+import subprocess
+import sys
+
+CPU_ID = re.compile(r"[\[-]cpu[\]-]")
+
+
+def main() -> int:
+    out = subprocess.run([sys.executable, "-m", "pytest", "tests/", "-m", "gpu", "-k", "not native", "--collect-only",
+                          "-q", "-p", "no:cacheprovider"], capture_output=True, text=True).stdout
+    ids = [line for line in out.splitlines() if "::" in line]
+    cpu = [i for i in ids if CPU_ID.search(i)]
+    print(f"-m gpu selects {len(ids)} tests; CPU instances among them: {len(cpu)}")
+    for i in cpu:
+        print(f"  CPU instance selected: {i}")
+    return 1 if cpu or not ids else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
