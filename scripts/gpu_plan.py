@@ -3,6 +3,7 @@ will compile on an H100/H200, do they compile for sm_90 (no error, no spill in f
 memory within the limit), and does the plan fit its budget.
 
     python3 scripts/gpu_plan.py [--compile all|N] [--workers K] [--json FILE]
+    python3 scripts/gpu_plan.py --precompile [--workers K]     (the GPU window's precompile stage)
 
 Each stage's workload is replayed on meta tensors (scripts/sm90_compile.py: fake sm_90 driver, the
 JIT's cache hook records every specialization, nothing is computed). The workloads are a model of
@@ -13,6 +14,11 @@ dtypes; the batch-32 224x224 autocast step; autocast, CUDA-graph and compile tes
 stage runs resnet50 at batch 256 and the op benchmarks' layers. `--compile N` compiles N
 specializations (a representative subset: every half-precision one first, then one per kernel and
 configuration); `all` compiles everything recorded.
+
+--precompile (on the GPU machine, before the stages that launch kernels): records the same
+workloads and compiles every specialization in K processes into Triton's own cache, so the smoke,
+test and benchmark processes load their kernels instead of compiling them one by one on the
+launching thread (a specialization the workload model misses is still compiled where launched).
 
 The time estimate per stage is: process start-ups + new compiles x the median compile time measured
 here / parallel workers + an execution allowance (constants below; the GPU-side numbers are
@@ -44,13 +50,20 @@ import plan_workloads as wl  # noqa: E402
 
 # Per stage: (workers compiling in parallel, process start-ups, execution allowance in s, fixed extra s).
 # Execution allowances are assumptions (H100/H200 class): tests ~150 s of GPU work serially (audit),
-# spread over the xdist workers; torch.compile of resnet50 train + inference ~70 s of Inductor.
+# spread over the xdist workers (~4x); torch.compile of resnet50 train + inference ~55 s of Inductor on
+# 16 cores; the native stage's op benchmarks run in whatever its budget leaves (not estimated).
+# The smoke / test / bench stages' compiles run in the background precompile stage's PRECOMPILE_WORKERS
+# processes (started after env, stage by stage), so they count at that parallelism.
+PRECOMPILE_WORKERS = 12
 ESTIMATE = {
-    "env": (1, 1, 3, 0), "smoke": (1, 1, 15, 0), "tests": (8, 8, 150 / 4, 20), "probe": (1, 1, 0, 0),
-    "bench": (1, 1, 45, 0), "compile": (1, 1, 15, 70), "native": (1, 2, 15, 0),
+    "env": (1, 1, 3, 0), "smoke": (PRECOMPILE_WORKERS, 1, 15, 0), "tests": (PRECOMPILE_WORKERS, 1, 150 / 4, 20),
+    "probe": (1, 1, 0, 0), "bench": (PRECOMPILE_WORKERS, 1, 45, 0), "compile": (1, 1, 10, 55),
+    "native": (1, 2, 15, 0),
 }
 STARTUP_S = 12  # python3 + torch + triton + torchvision imports and the CUDA context, per process
 STAGE_WORKLOADS = {"smoke": wl.smoke, "tests": wl.tests, "bench": wl.bench}
+EXTRA_WORKLOADS = {"tuning": wl.candidates}  # checked by the dry run, never run in the window
+RECORD_S = 25  # recording all stages' workloads on meta tensors (measured here: ~20 s on 2 busy cores)
 
 
 def budgets():
@@ -61,29 +74,69 @@ def budgets():
     return plan
 
 
-def record_stages():
-    """{stage: Recorder} with each stage's distinct specializations."""
-    recs = {}
-    for stage, workload in STAGE_WORKLOADS.items():
+def record_stages(lazy=False):
+    """{stage: Recorder} with each stage's distinct specializations (lazy: yields (stage, Recorder)
+    as each stage is recorded)."""
+    gen = _record(STAGE_WORKLOADS)
+    return gen if lazy else dict(gen)
+
+
+def _record(workloads):
+    for stage, workload in workloads.items():
         rec = sm90_compile.Recorder()
         start = time.perf_counter()
         with rec.record():
             workload()
-        recs[stage] = rec
         print(f"  recorded {stage}: {len(rec.specs)} specializations, "
-              f"{sum(s['launches'] for s in rec.specs.values())} launches ({time.perf_counter() - start:.1f} s)")
-    return recs
+              f"{sum(s['launches'] for s in rec.specs.values())} launches ({time.perf_counter() - start:.1f} s)",
+              flush=True)
+        yield stage, rec
+
+
+def precompile(workers):
+    """Records stage by stage and compiles each stage's new specializations while the next records."""
+    start, seen, futures = time.perf_counter(), set(), []
+    with sm90_compile.compile_pool(workers, fresh_cache=False) as pool:
+        for stage, rec in record_stages(lazy=True):
+            new = [spec for key, spec in rec.specs.items() if key not in seen]
+            seen.update(rec.specs)
+            futures += [pool.submit(sm90_compile._compile_one, spec) for spec in new]
+        results = [f.result() for f in futures]
+    errors = [r for r in results if r["error"]]
+    print(f"precompiled {len(results) - len(errors)} of {len(results)} specializations in "
+          f"{time.perf_counter() - start:.0f} s ({workers} workers); errors: {len(errors)}")
+    for r in errors[:5]:
+        print(f"  {r['kernel']}: {r['error'][:300]}")
+    return 1 if errors else 0
 
 
 def representative(specs, n):
-    """n specializations: half precision first (the spill rule), then one per (kernel, warps, stages,
-    block constexprs), then the rest."""
-    seen, first, rest = set(), [], []
+    """n specializations: half the picks from the conv GEMM (the kernel with the spill and shared
+    memory risk), half round-robin over the other kernels; within each kernel half precision first
+    (the spill rule) and distinct constexpr sets (taps, block sizes, flags) before repeats."""
+    by_kernel = {}
     for key, s in sorted(specs.items(), key=lambda kv: (not kv[1]["half"], kv[0])):
-        cls = (s["kernel"], s["num_warps"], s["num_stages"], s["half"])
-        (first if cls not in seen else rest).append(key)
-        seen.add(cls)
-    return (first + rest)[:n]
+        by_kernel.setdefault(s["kernel"], []).append(key)
+
+    def diverse(keys):
+        seen, first, rest = set(), [], []
+        for key in keys:
+            s = specs[key]
+            vals = json.loads(s["data"]).get("constant_vals") or []
+            cls = (s["half"], s["num_warps"], s["num_stages"], str(vals[-3:]),  # block sizes, then flags
+                   str([v for v in vals if isinstance(v, (bool, str))]))
+            (first if cls not in seen else rest).append(key)
+            seen.add(cls)
+        return first + rest
+
+    queues = {k: diverse(v) for k, v in by_kernel.items()}
+    conv = [k for k in queues if "conv" in k]
+    picks = [key for k in conv for key in queues.pop(k)][:n // 2]
+    while len(picks) < n and any(queues.values()):
+        for k in list(queues):
+            if queues[k] and len(picks) < n:
+                picks.append(queues[k].pop(0))
+    return picks
 
 
 def main(argv=None):
@@ -91,17 +144,21 @@ def main(argv=None):
     ap.add_argument("--compile", default="24", help="'all' or how many specializations to compile")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--json", help="write counts, compile results and estimates here")
+    ap.add_argument("--precompile", action="store_true", help="compile everything into the JIT's cache")
     args = ap.parse_args(argv)
-
+    if args.precompile:
+        return precompile(args.workers)
     plan = budgets()
     print(f"window plan: {' '.join(f'{s}={b}s' for s, b in plan)}, total {sum(b for _, b in plan)} s")
     recs = record_stages()
+    recs.update(_record(EXTRA_WORKLOADS))
     union, new_per_stage, seen = {}, {}, set()
     for stage, _ in plan:
         specs = recs[stage].specs if stage in recs else {}
         new_per_stage[stage] = [k for k in specs if k not in seen]
         seen.update(specs)
         union.update(specs)
+    union.update(recs["tuning"].specs)
     keys = list(union) if args.compile == "all" else representative(union, int(args.compile))
     print(f"compiling {len(keys)} of {len(union)} distinct specializations for sm_90 ({args.workers} workers)")
     start = time.perf_counter()
@@ -121,7 +178,7 @@ def main(argv=None):
         specs = recs[stage].specs if stage in recs else {}
         workers, starts, execution, extra = ESTIMATE.get(stage, (1, 1, 0, 0))
         new = len(new_per_stage[stage])
-        est = STARTUP_S * -(-starts // workers) + new * per_compile / workers + execution + extra
+        est = STARTUP_S * starts + new * per_compile / workers + execution + extra
         if stage == "probe":
             est = budget  # its own script keeps to the budget it is given
         conv = sum("conv" in s["kernel"] for s in specs.values())

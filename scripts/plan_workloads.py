@@ -154,3 +154,19 @@ def bench():
             for cin, cout, hw, k in ((64, 64, 56, 3), (1024, 256, 14, 1)):
                 conv_unit((256, cin, hw, hw, cout, k, 1, k // 2, 1, 1), torch.bfloat16, True)
             bn_cases((256, 256, 56, 56), torch.bfloat16)
+
+
+def candidates():
+    """Every tuning candidate on resnet50-like bf16 / fp16 shapes (1x1 and 3x3, prologue + statistics,
+    and the bias epilogue): what RESNET_FAST_CONV=auto compiles on a GPU. Not a window stage (the
+    window never tunes), recorded so the dry run checks the candidates' registers and shared memory."""
+    from sm90_compile import triton_backend
+
+    be = triton_backend()
+    launch, tuning = be.launch, be.tuning
+    for dtype, (cin, cout, k) in itertools.product(HALF, ((256, 512, 1), (128, 128, 3))):
+        x, w = t(64, cin, 28, 28, dtype=dtype), t(cout, cin, k, k, dtype=dtype)
+        pro = (t(cin), t(cin), t(cin), True)
+        for cfg in tuning.candidates(cin, cout):
+            launch.conv2d(x, w, [1, 1], [k // 2] * 2, [1, 1], 1, cfg, prologue=pro, stats=True)
+            launch.conv2d(x, w, [1, 1], [k // 2] * 2, [1, 1], 1, cfg, bias=t(cout), relu=True)

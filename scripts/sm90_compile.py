@@ -104,7 +104,7 @@ class Recorder:
     def __init__(self):
         self.specs: Dict[str, dict] = {}
 
-    def _hook(self, *, key, repr, fn, compile, is_manual_warmup, already_compiled):  # noqa: A002
+    def _hook(self, *, key, fn, compile, **_):  # noqa: A002
         entry = self.specs.setdefault(f"{fn.name}|{key}", {
             "kernel": fn.name, "module": fn.module, "data": compile["specialization_data"],
             "half": any(str(t) in ("*fp16", "*bf16") for t in compile["signature"].values()),
@@ -137,7 +137,7 @@ def _compile_one(spec: dict) -> dict:
 
     install_fake_driver()
     fn = getattr(importlib.import_module(spec["module"]), spec["kernel"])
-    knobs.nvidia.dump_ptxas_log = True
+    knobs.nvidia.dump_ptxas_log = os.environ.get("SM90_PTXAS_LOG", "1") == "1"
     out = {"kernel": spec["kernel"], "half": spec["half"], "num_warps": spec["num_warps"],
            "num_stages": spec["num_stages"], "constants": json.loads(spec["data"]).get("constant_vals")}
     log = io.StringIO()
@@ -156,16 +156,30 @@ def _compile_one(spec: dict) -> dict:
 
 
 def _init_worker(cache_dir: str) -> None:
-    os.environ["TRITON_CACHE_DIR"] = cache_dir  # a fresh cache: every compile is real, and timed
+    if cache_dir:
+        os.environ["TRITON_CACHE_DIR"] = cache_dir  # a fresh cache: every compile is real, and timed
+    else:
+        os.environ["SM90_PTXAS_LOG"] = "0"  # precompiling: the JIT's own cache, nothing else changed
 
 
-def compile_all(specs: List[dict], workers: int) -> List[dict]:
-    """Compiles specs in `workers` processes (fresh Triton cache); results in the order given."""
+def compile_all(specs: List[dict], workers: int, fresh_cache: bool = True) -> List[dict]:
+    """Compiles specs in `workers` processes; results in the order given. fresh_cache: into a
+    temporary Triton cache (the dry run: every compile real and timed); else into the JIT's own
+    cache, so the processes that later launch these kernels load them instead of compiling (the GPU
+    window's precompile stage: same target, specialization and options, hence the same cache key)."""
     if not specs:
         return []
+    with compile_pool(workers, fresh_cache) as pool:
+        return list(pool.map(_compile_one, specs))
+
+
+@contextlib.contextmanager
+def compile_pool(workers: int, fresh_cache: bool = True):
+    """A process pool whose workers compile with _compile_one (see compile_all for fresh_cache)."""
     with tempfile.TemporaryDirectory(prefix="sm90-cache-") as cache:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(cache,)) as pool:
-            return list(pool.map(_compile_one, specs))
+        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                                 initargs=(cache if fresh_cache else "",)) as pool:
+            yield pool
 
 
 def problems(results: List[dict]) -> List[str]:
