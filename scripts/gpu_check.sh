@@ -53,7 +53,7 @@ fi
 STAMP="$(date -u +%Y-%m-%d-%H%M)"
 if [ -n "${OUT:-}" ]; then RES=/tmp/gpu_check-$STAMP; LOG="$OUT/gpu_check.log"
 else RES=benchmarks/results/gpu-$STAMP; LOG="$RES/gpu_check.log"; fi
-[ "$DRY" = 1 ] && { RES=$(mktemp -d /tmp/gpu_check-dry.XXXX); LOG="$RES/gpu_check.log"; TOTAL=900; }
+[ "$DRY" = 1 ] && { RES=$(mktemp -d /tmp/gpu_check-dry.XXXX); LOG="$RES/gpu_check.log"; TOTAL=1800; }
 mkdir -p "$RES"
 exec > >(tee "$LOG") 2>&1
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/scripts${PYTHONPATH:+:$PYTHONPATH}"
@@ -71,6 +71,7 @@ verdict() { printf '%-8s %-8s %s\n' "$1" "$2" "$3" >> "$VERDICTS"; pack; }
 stage() {
   local name=$1 budget=$2; shift 2
   local now left t t0 rc word
+  [ "$DRY" = 1 ] && budget=300  # the dry run walks each stage tiny on a CPU: the window's budgets are gpu_plan's check
   now=$(date +%s); left=$((DEADLINE - now)); t=$((budget < left ? budget : left))
   if [ "$t" -lt 5 ]; then verdict "$name" SKIP "no time left in the window"; return 0; fi
   echo; echo "== $name (budget ${budget}s, limit ${t}s, at +$((now - START))s)"
@@ -91,7 +92,8 @@ PY
 }
 
 # ---- env (and wheels)
-if compgen -G ".gpu-wheels/*.whl" > /dev/null; then
+if [ "$DRY" = 1 ]; then ls .gpu-wheels 2>/dev/null | sed 's/^/carried wheel (Python 3.12, not installed here): /'
+elif compgen -G ".gpu-wheels/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu-site \
     .gpu-wheels/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/gpu-site" || echo "WHEEL INSTALL FAILED"
 fi
@@ -154,7 +156,7 @@ if [ -f benchmarks/results/conv_tuning.json ]; then
 else CONV=aten; fi
 export RESNET_FAST_TUNING_CACHE="$RES/conv_tuning.json"
 BENCH=(python3 -m pytest benchmarks/ --benchmark-only -q -p no:cacheprovider)
-[ "$DRY" = 1 ] && BENCH=(python3 -m pytest benchmarks/ --collect-only -q -p no:cacheprovider)
+[ "$DRY" = 1 ] && BENCH=(python3 -m pytest benchmarks/ --collect-only -qq -p no:cacheprovider)
 RESNET_FAST_BENCH=quick RESNET_FAST_CONV=$CONV stage bench "$B_BENCH" "${BENCH[@]}" -k "not compile and not native" \
   --benchmark-json="$RES/bench.json"
 RESNET_FAST_BENCH=quick stage compile "$B_COMPILE" "${BENCH[@]}" -k "compile or torchvision" \
@@ -162,7 +164,7 @@ RESNET_FAST_BENCH=quick stage compile "$B_COMPILE" "${BENCH[@]}" -k "compile or 
 
 # ---- native CUDA C++ kernels, last, in their own processes
 if [ "$DRY" = 1 ]; then
-  RESNET_FAST_BACKEND=native stage native "$B_NATIVE" python3 -m pytest tests/ -m gpu -k native --collect-only -q
+  RESNET_FAST_BACKEND=native stage native "$B_NATIVE" python3 -m pytest tests/ -m gpu -k native --collect-only -qq
 else
   echo "waiting for the build"; wait "$BUILD_PID"; cat "$RES/build.log" | tail -5
   if [ "$(cat "$RES/build.rc" 2>/dev/null)" = 0 ] && cp "$BUILD"/lib/resnet_fast/_C*.so resnet_fast/; then

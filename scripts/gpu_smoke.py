@@ -9,8 +9,10 @@ Engines: `triton` (the Triton implicit GEMM with its fused prologue / epilogues,
 `native` (the CUDA C++ kernels: set RESNET_FAST_BACKEND=native and run it alone, in its own process,
 since a sticky CUDA error would end the process). A smoke check, not a precision test: the relative
 L2 error of the logits, the loss, the parameter gradients and the eval logits against torchvision must
-stay under TOL (bf16 rounding is ~1e-2; a broken kernel gives O(1)). --tiny: resnet18, batch 2 at 32x32,
-float32, on the CPU (Triton interpreted): what the CPU dry run walks.
+stay under TOL (bf16 rounding is ~1e-2; a broken kernel gives O(1)); zero_init_residual keeps the
+comparison well conditioned, as in the tests. --tiny: resnet18, batch 2 at 16x16, float32, on the CPU
+with the Triton backend interpreted (RESNET_FAST_BACKEND=triton, TRITON_INTERPRET=1): what the CPU
+dry run walks.
 """
 
 import argparse
@@ -24,6 +26,7 @@ import torch
 
 if __name__ == "__main__" and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (not when imported by the planner)
+    os.environ.setdefault("RESNET_FAST_BACKEND", "triton")  # the CPU default would be the C++ kernels
 
 import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
@@ -31,9 +34,9 @@ import torchvision  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import resnet_fast  # noqa: E402
 
-TOL = 0.05
+TOL = {torch.bfloat16: 0.1, None: 1e-3}  # relative L2 vs torchvision (bf16 autocast / float32)
 GPU_CASE = dict(arch="resnet50", batch=32, size=224, dtype=torch.bfloat16)
-TINY_CASE = dict(arch="resnet18", batch=2, size=32, dtype=None)
+TINY_CASE = dict(arch="resnet18", batch=2, size=16, dtype=None)
 
 
 def step(model, x, target, autocast_dtype, device_type):
@@ -59,7 +62,7 @@ def rel_l2(a, b):
 def models(arch, device, num_classes=1000):
     torch.manual_seed(0)
     with torch.device(device):
-        tv = getattr(torchvision.models, arch)(num_classes=num_classes)
+        tv = getattr(torchvision.models, arch)(num_classes=num_classes, zero_init_residual=True)
     fast = resnet_fast.from_torchvision(copy.deepcopy(tv))
     return tv.to(memory_format=torch.channels_last), fast.to(memory_format=torch.channels_last)
 
@@ -82,9 +85,25 @@ def run_engine(engine, case, device):
     want = step(tv, x, target, case["dtype"], device.type)
     errors = {k: rel_l2(got[k], want[k]) for k in want}
     finite = all(bool(torch.isfinite(v).all()) for v in got.values())
-    ok = finite and all(e <= TOL for e in errors.values())
+    ok = finite and all(e <= TOL[case["dtype"]] for e in errors.values())
     return {"engine": engine, "ok": ok, "finite": finite, "rel_l2": errors, "seconds_first_step": seconds,
             "backend": resnet_fast.backend_info().get(device.type)}
+
+
+def _interpreter_blocks():
+    """Large blocks for the interpreter, whose cost is per block operation (a resnet18 step then takes
+    seconds, as in tests/models/test_device_backends.py); small-block masks are the op tests' job."""
+    from resnet_fast import _dispatch  # noqa: F401  (the backend package path moved once: find it)
+    import importlib
+
+    for name in ("resnet_fast.backends.triton", "resnet_fast.backends.gpu"):
+        try:
+            be = importlib.import_module(name)
+            break
+        except ImportError:
+            continue
+    be.tuning.default_config = lambda cin_g, cout_g, m: be.tuning.Config(32, 128, 128, 4, 1)
+    be.launch._blocks = lambda c: (64, 128)
 
 
 def main(argv=None):
@@ -96,6 +115,8 @@ def main(argv=None):
     cuda = torch.cuda.is_available() and not args.tiny
     device = torch.device("cuda" if cuda else "cpu")
     case = GPU_CASE if cuda else TINY_CASE
+    if not cuda:
+        _interpreter_blocks()
     if cuda:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     results = []
@@ -110,7 +131,7 @@ def main(argv=None):
               f"{case['size']}px {case['dtype'] or 'float32'} on {device.type}: {detail}", flush=True)
     if args.json:
         meta = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "tolerance_rel_l2": TOL}
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "tolerance_rel_l2": TOL[case["dtype"]]}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "case": {k: str(v) for k, v in case.items()}, "results": results}, f, indent=1)
     return 0 if all(r["ok"] for r in results) else 1
