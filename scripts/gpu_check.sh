@@ -67,7 +67,7 @@ pack() {  # everything so far, in case the window ends before the next stage doe
 }
 verdict() { printf '%-8s %-8s %s\n' "$1" "$2" "$3" >> "$VERDICTS"; pack; }
 
-# stage NAME BUDGET DETAIL_CMD -- COMMAND...: runs COMMAND under SIGINT timeout within the deadline.
+# stage NAME BUDGET COMMAND...: runs COMMAND under a SIGINT timeout (budget, or what the deadline leaves).
 stage() {
   local name=$1 budget=$2; shift 2
   local now left t t0 rc word

@@ -94,7 +94,12 @@ class _RouteToTriton(TorchDispatchMode):
 def _kernel_for(op: str, like: torch.Tensor) -> Callable:
     from resnet_fast import _dispatch
 
-    _dispatch._chosen["meta"] = "triton"  # meta tensors stand for CUDA ones in this process only
+    # Meta tensors stand for CUDA ones in this process only. (use_backend refuses a device the backend
+    # cannot run on, and meta is one: the dispatcher's per-device choice is set directly.)
+    choice = getattr(_dispatch, "_forced", None)
+    if choice is None:
+        choice = _dispatch._chosen
+    choice["meta"] = "triton"
     return _dispatch.kernel(op, like)
 
 
