@@ -24,7 +24,8 @@
 #   scripts/gpu_check.sh              the GPU run
 #   scripts/gpu_check.sh --dry-run    on a CPU: bash -n, each stage walked in a tiny form, then
 #                                     scripts/gpu_plan.py (sm_90 compiles, counts, estimates vs budget)
-#   scripts/gpu_check.sh --print-plan "stage budget_seconds" per line (read by scripts/gpu_plan.py)
+#   scripts/gpu_check.sh --print-plan "stage budget_seconds" per line, window order; background jobs
+#                                     starred (read by scripts/gpu_plan.py)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE="${1:-run}"
@@ -41,6 +42,7 @@ plan() {
   echo "env $B_ENV"; echo "smoke $B_SMOKE"; echo "tests $B_TESTS"
   [ "$PROBE_BUDGET" -gt 0 ] && echo "probe $PROBE_BUDGET"
   echo "bench $B_BENCH"; echo "compile $B_COMPILE"; echo "native $B_NATIVE"
+  echo "precompile* $B_PRECOMPILE"; echo "build* $B_BUILD"  # *: background, not in the sum
 }
 if [ "$MODE" = "--print-plan" ]; then plan; exit 0; fi
 if [ "$MODE" = "--dry-run" ]; then
@@ -86,7 +88,8 @@ summary() {  # a junit / JSON summary for the verdict line, where the stage wrot
     [ -f "$f" ] && python3 - "$f" <<'PY' 2>/dev/null
 import sys, xml.etree.ElementTree as ET
 r = ET.parse(sys.argv[1]).getroot(); s = r if r.tag == "testsuite" else r[0]
-print(f"; tests {s.get('tests')} failures {s.get('failures')} errors {s.get('errors')} skipped {s.get('skipped')}", end="")
+print(f"; tests {s.get('tests')} failures {s.get('failures')} errors {s.get('errors')} "
+      f"skipped {s.get('skipped')}", end="")
 PY
   done
 }

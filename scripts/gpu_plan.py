@@ -45,7 +45,6 @@ sm90_compile.install_fake_driver()
 
 import torch  # noqa: E402
 
-import gpu_smoke  # noqa: E402
 import plan_workloads as wl  # noqa: E402
 
 # Per stage: (workers compiling in parallel, process start-ups, execution allowance in s, fixed extra s).
@@ -71,7 +70,7 @@ def budgets():
     out = subprocess.run(["bash", os.path.join(HERE, "gpu_check.sh"), "--print-plan"], check=True,
                          capture_output=True, text=True).stdout
     plan = [(line.split()[0], int(line.split()[1])) for line in out.splitlines() if line.strip()]
-    return plan
+    return [p for p in plan if not p[0].endswith("*")], {p[0][:-1]: p[1] for p in plan if p[0].endswith("*")}
 
 
 def record_stages(lazy=False):
@@ -148,8 +147,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.precompile:
         return precompile(args.workers)
-    plan = budgets()
-    print(f"window plan: {' '.join(f'{s}={b}s' for s, b in plan)}, total {sum(b for _, b in plan)} s")
+    plan, background = budgets()
+    print(f"window plan: {' '.join(f'{s}={b}s' for s, b in plan)}, total {sum(b for _, b in plan)} s; "
+          f"background: {' '.join(f'{s}={b}s' for s, b in background.items())}")
     recs = record_stages()
     recs.update(_record(EXTRA_WORKLOADS))
     union, new_per_stage, seen = {}, {}, set()
@@ -188,6 +188,13 @@ def main(argv=None):
             over.append(stage)
         report.append(dict(stage=stage, specializations=len(specs), new=new, conv=conv, estimate_s=round(est, 1),
                            budget_s=budget))
+    est = STARTUP_S + RECORD_S + len(seen) * per_compile / PRECOMPILE_WORKERS
+    print(f"{'precompile (background)':24} {len(seen):6} specializations {est:8.0f}s {background['precompile']:6}s"
+          + ("  OVER" if est > background["precompile"] else ""))
+    if est > background["precompile"]:
+        over.append("precompile")
+    report.append(dict(stage="precompile", specializations=len(seen), estimate_s=round(est, 1),
+                       budget_s=background["precompile"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"plan": report, "compile": summ, "problems": bad, "results": results,

@@ -93,8 +93,7 @@ def run_engine(engine, case, device):
 def _interpreter_blocks():
     """Large blocks for the interpreter, whose cost is per block operation (a resnet18 step then takes
     seconds, as in tests/models/test_device_backends.py); small-block masks are the op tests' job."""
-    from resnet_fast import _dispatch  # noqa: F401  (the backend package path moved once: find it)
-    import importlib
+    import importlib  # the backend package was renamed once (backends/gpu -> backends/triton): find it
 
     for name in ("resnet_fast.backends.triton", "resnet_fast.backends.gpu"):
         try:

@@ -87,7 +87,8 @@ def bn_cases(shape, dtype):
     sdt = torch.float64 if dtype == torch.float64 else torch.float32
     for with_mean, residual, relu in itertools.product([False, True], ["none", "plain", "dual"], [False, True]):
         x = t(*shape, dtype=dtype, grad=True)
-        vecs = [t(c, dtype=sdt, grad=True) if with_mean else None, t(c, dtype=sdt, grad=True), t(c, dtype=sdt, grad=True)]
+        vecs = [t(c, dtype=sdt, grad=True) if with_mean else None, t(c, dtype=sdt, grad=True),
+                t(c, dtype=sdt, grad=True)]
         res = [None] * 4
         if residual != "none":
             res = [t(*shape, dtype=dtype, grad=True), None, None, None]

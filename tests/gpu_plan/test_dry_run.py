@@ -78,14 +78,26 @@ def test_problems_flag_errors_half_spills_and_shared_memory():
     assert "compile error" in sm90_compile.problems([{**ok, "error": "PTXASError"}])[0]
 
 
-def test_window_plan_fits_eight_minutes():
+def _plan(root):
+    out = subprocess.run(["bash", os.path.join(root, "scripts", "gpu_check.sh"), "--print-plan"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    pairs = [(s, int(b)) for s, b in zip(out[0::2], out[1::2])]
+    return [s for s, _ in pairs if not s.endswith("*")], [b for s, b in pairs if not s.endswith("*")]
+
+
+@pytest.mark.parametrize("probe", [False, True])
+def test_window_plan_fits_eight_minutes(tmp_path, probe):
     out = subprocess.run(["bash", "-n", os.path.join(SCRIPTS, "gpu_check.sh")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    plan = subprocess.run(["bash", os.path.join(SCRIPTS, "gpu_check.sh"), "--print-plan"], capture_output=True,
-                          text=True, check=True).stdout.split()
-    stages, budgets = plan[0::2], [int(b) for b in plan[1::2]]
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "gpu_check.sh").write_text(open(os.path.join(SCRIPTS, "gpu_check.sh")).read())
+    if probe:  # the probe stage appears when its script exists, and the total still fits
+        (tmp_path / "scripts" / "gpu_probe.py").write_text("")
+    stages, budgets = _plan(str(tmp_path))
     assert stages[:2] == ["env", "smoke"] and stages[-1] == "native"  # native CUDA C++ last
     assert stages.index("compile") > stages.index("bench") > stages.index("tests")
+    assert ("probe" in stages) == probe
+    assert not probe or stages.index("tests") < stages.index("probe") < stages.index("bench")
     assert sum(budgets) <= 450  # + the last stage's 30 s kill grace <= 480 s
 
 
