@@ -97,12 +97,12 @@ def _interpreter_blocks():
 
     for name in ("resnet_fast.backends.triton", "resnet_fast.backends.gpu"):
         try:
-            be = importlib.import_module(name)
+            tuning, launch = (importlib.import_module(f"{name}.{m}") for m in ("tuning", "launch"))
             break
         except ImportError:
             continue
-    be.tuning.default_config = lambda cin_g, cout_g, m: be.tuning.Config(32, 128, 128, 4, 1)
-    be.launch._blocks = lambda c: (64, 128)
+    tuning.default_config = lambda cin_g, cout_g, m: tuning.Config(32, 128, 128, 4, 1)
+    launch._blocks = lambda c: (64, 128)
 
 
 def main(argv=None):

@@ -161,10 +161,9 @@ def candidates():
     """Every tuning candidate on resnet50-like bf16 / fp16 shapes (1x1 and 3x3, prologue + statistics,
     and the bias epilogue): what RESNET_FAST_CONV=auto compiles on a GPU. Not a window stage (the
     window never tunes), recorded so the dry run checks the candidates' registers and shared memory."""
-    from sm90_compile import triton_backend
+    from sm90_compile import triton_module
 
-    be = triton_backend()
-    launch, tuning = be.launch, be.tuning
+    launch, tuning = triton_module("launch"), triton_module("tuning")
     for dtype, (cin, cout, k) in itertools.product(HALF, ((256, 512, 1), (128, 128, 3))):
         x, w = t(64, cin, 28, 28, dtype=dtype), t(cout, cin, k, k, dtype=dtype)
         pro = (t(cin), t(cin), t(cin), True)

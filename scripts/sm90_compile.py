@@ -63,16 +63,17 @@ def install_fake_driver() -> None:
     triton.runtime.driver.set_active(FakeSM90Driver())
 
 
-def triton_backend():
-    """The resnet_fast Triton backend package (backends/triton, formerly backends/gpu)."""
+def triton_module(name: str):
+    """A module of the resnet_fast Triton backend package (backends/triton, formerly backends/gpu):
+    launch, tuning, conv_kernels, bn_kernels."""
     import importlib
 
-    for name in ("resnet_fast.backends.triton", "resnet_fast.backends.gpu"):
+    for package in ("resnet_fast.backends.triton", "resnet_fast.backends.gpu"):
         try:
-            return importlib.import_module(name)
+            return importlib.import_module(f"{package}.{name}")
         except ImportError:
             continue
-    raise ImportError("no resnet_fast Triton backend package found")
+    raise ImportError(f"no resnet_fast Triton backend module {name!r} found")
 
 
 class _RouteToTriton(TorchDispatchMode):
@@ -87,7 +88,11 @@ class _RouteToTriton(TorchDispatchMode):
         kwargs = kwargs or {}
         if func.namespace == "resnet_fast":
             like = next(a for a in args if isinstance(a, torch.Tensor))
-            return self.kernel_for(func._opname, like)(*args, **kwargs)
+            try:
+                impl = self.kernel_for(func._opname, like)
+            except (KeyError, AttributeError):  # an op no backend serves (per-channel vector math):
+                return func(*args, **kwargs)    # its meta kernel, which launches nothing either way
+            return impl(*args, **kwargs)
         return func(*args, **kwargs)
 
 
