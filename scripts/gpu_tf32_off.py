@@ -2,7 +2,8 @@
 true float32 everywhere (cuDNN and cuBLAS TF32 off). The tests hold a fused float32 result to twice
 eager's error against float64; with TF32 on, the Triton GEMM uses tf32 (it follows
 torch.backends.cudnn.allow_tf32) while cuDNN may pick a true-float32 algorithm on tiny odd shapes,
-and the comparison would measure the TF32 choice, not the kernels."""
+and the comparison would measure the TF32 choice, not the kernels. (tests/conftest.py sets the same
+on its own; the stage does not depend on that staying so.)"""
 
 import torch
 
