@@ -78,9 +78,9 @@ def _conv_fwd(k):
     if k["PROLOGUE"]:
         reads += ["in_scale_ptr", "in_bias_ptr"] + (["in_mean_ptr"] if k["PRO_MEAN"] else [])
     writes = ["y_ptr"]
-    if k["EPILOGUE"] == 1:
+    if k["STATS"]:
         writes += ["pmean_ptr", "pm2_ptr"]
-    if k["EPILOGUE"] == 2:
+    else:  # the bias (+ residual) epilogue
         reads += (["bias_ptr"] if k["HAS_BIAS"] else []) + (["res_ptr"] if k["HAS_RES"] else [])
     return reads, writes
 

@@ -1,7 +1,8 @@
-"""One GPU probe (a stage of scripts/gpu_check.sh, <= 4 minutes on an H100/H200): which engine should serve
-each resnet50 conv unit, per dtype and direction, measured and checked against aten; plus a whole step.
+"""One GPU probe (a stage of scripts/gpu_check.sh, which gives it its budget; <= 4 minutes): which engine
+should serve each resnet50 conv unit, per dtype and direction, measured and checked against aten; plus a
+whole step.
 
-    python scripts/gpu_probe.py --out DIR [--budget-s 230]     # on the GPU machine
+    python scripts/gpu_probe.py --out DIR [--budget 230]       # on the GPU machine
     python scripts/gpu_probe.py --out DIR --dry-run            # CPU: tiny shapes, Triton interpreted, the
                                                                # cuDNN graphs run by TorchExecutor
 Writes to DIR:
@@ -10,7 +11,8 @@ Writes to DIR:
   units.json       per (conv shape, dtype, engine): forward / backward ms, agreement with aten, or the error
   dispatch_table.json  per (shape, dtype, direction): the fastest engine among those that agree
   step.json        resnet50 training step (batch 256, channels_last, autocast): torchvision eager,
-                   torch.compile(torchvision), resnet_fast, per dtype, in images/s
+                   resnet_fast (RESNET_FAST_CONV as set, else aten: no tuning inside the budget) and, with a
+                   budget of 200 s or more, torch.compile(torchvision); per dtype, in images/s
   probe.md         the tables
 Engines: triton-gemm (RESNET_FAST_CONV=triton), aten+triton (RESNET_FAST_CONV=aten), triton-closed (the Triton
 GEMM forward, the closed Triton backward), cudnn-fused (float16).
@@ -187,14 +189,16 @@ def whole_step(dtypes, device, dry, reps, budget):
     import resnet_fast
 
     batch, image, arch = (2, 32, "resnet18") if dry else (256, 224, "resnet50")
+    os.environ.setdefault("RESNET_FAST_CONV", "aten")
     results = []
     for dtype in dtypes:
         impls = {"torchvision eager": getattr(torchvision.models, arch),
                  "resnet_fast": getattr(resnet_fast, arch)}
-        if not dry:
+        if not dry and budget >= 200:  # compiling costs a minute or more per dtype (gpu_check.sh has a stage for it)
             impls["torch.compile(torchvision)"] = lambda: torch.compile(getattr(torchvision.models, arch)())
         for name, build in impls.items():
-            row = {"dtype": str(dtype).split(".")[-1], "impl": name, "arch": arch, "batch": batch}
+            row = {"dtype": str(dtype).split(".")[-1], "impl": name, "arch": arch, "batch": batch,
+                   "RESNET_FAST_CONV": os.environ["RESNET_FAST_CONV"]}
             if time.time() - T0 > budget:
                 results.append({**row, "skipped": "budget spent"})
                 continue
@@ -238,8 +242,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--budget-s", type=float, default=230.0)
-    p.add_argument("--max-units", type=int, default=0, help="probe only the first N conv units (0: all)")
+    p.add_argument("--budget", "--budget-s", dest="budget_s", type=float, default=230.0,
+                   help="seconds for the whole probe (scripts/gpu_check.sh gives it its stage budget)")
+    p.add_argument("--max-units", type=int, default=None,
+                   help="probe only the first N conv units (default: all; 1 in a dry run)")
     a = p.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     device = torch.device("cpu" if a.dry_run else "cuda")
@@ -250,7 +256,8 @@ def main(argv=None):
         if a.dry_run:
             stack.enter_context(cudnn_engine.use_executor(TorchExecutor(supports=deviceless.expected_support)))
         stack.enter_context(cudnn_engine.using_fallback({op: _not_served for op in cudnn_engine.IMPLEMENTS}))
-        rows = probe_units(unit_shapes(a.dry_run, a.max_units), dtypes, device, reps, a.budget_s * 0.6)
+        units = a.max_units if a.max_units is not None else (1 if a.dry_run else 0)
+        rows = probe_units(unit_shapes(a.dry_run, units), dtypes, device, reps, a.budget_s * 0.6)
     t_units = time.time() - T0
     table = dispatch_table(rows)
     steps = whole_step(dtypes, device, a.dry_run, reps, a.budget_s)
