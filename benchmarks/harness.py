@@ -146,10 +146,8 @@ def device_limits() -> Dict[str, float]:
             "cache_bytes": cache_bytes()}
 
 
-def timed(benchmark, fn: Callable[[], object], rounds: int, warmup: int = 2, inner: Optional[int] = None,
-          setup: Optional[Callable[[], None]] = None) -> float:
-    """Times fn (see the module docstring) and returns its median seconds per call. setup, if given,
-    runs untimed before every round (benchmarks/test_models.py alternates its references there).
+def timed(benchmark, fn: Callable[[], object], rounds: int, warmup: int = 2, inner: Optional[int] = None) -> float:
+    """Times fn (see the module docstring) and returns its median seconds per call.
 
     inner None: chosen from one warm call so that a timed round lasts at least 2 ms (GPU) -- a
     round then holds many launches and one synchronization, so launch gaps and the sync itself are
@@ -169,7 +167,7 @@ def timed(benchmark, fn: Callable[[], object], rounds: int, warmup: int = 2, inn
             fn()
         sync()
 
-    benchmark.pedantic(target, setup=setup, rounds=rounds, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(target, rounds=rounds, iterations=1, warmup_rounds=1)
     benchmark.extra_info["inner_calls_per_round"] = inner
     stats = benchmark.stats
     if stats is None:  # --benchmark-disable: the target ran once, untimed

@@ -16,12 +16,14 @@ Implementations:
                           only when onnxruntime is installed (pip install ".[bench]").
 A training step is forward, cross-entropy, backward and an SGD (momentum) step on synthetic data.
 
-Alternation (CPU): every implementation's timed rounds alternate with rounds of the references
-(REFERENCES: eager channels_last, eager NCHW, ONNX Runtime), run untimed by the benchmark but timed
-here, so each speedup_vs_<reference> is the ratio of medians taken in the same minutes of a shared,
-noisy machine. Other speedups (vs torch.compile) divide medians of separate tests.
-extra_info: images/s, speedups, the references' medians, peak device memory and its ratio to
-torchvision's, the logits' dtype, the 1-minute load average before and after, device, versions, date.
+Alternation (CPU): at a case's first test every implementation selected for it (after -k) is built
+and warmed up, then MODEL_ROUNDS rounds run in which each implementation runs once, in turn; each
+test reports its implementation's median over those rounds, and speedup_vs_<other> is the ratio of
+two medians taken in the same minutes of a shared, noisy machine (pytest-benchmark's own stats for
+the entry are one further timed call). On a GPU each implementation is timed in its own test.
+extra_info: images/s, speedup over every other implementation (CPU) or over torchvision and
+torch.compile (GPU), peak device memory and its ratio to torchvision's, the logits' dtype, the
+1-minute load average when the test started and ended, device, versions, date.
 """
 
 import contextlib
@@ -47,9 +49,6 @@ INFER_IMPLS = ([] if CUDA else ["torchvision_nchw"]) + ["torchvision", "compile"
                                                          "resnet_fast_optimized"] + (["onnxruntime"] if HAVE_ORT else [])
 TRAIN_IMPLS = ["torchvision", "compile", "resnet_fast"]
 INFER_SHAPES = harness.INFER_SHAPES if CUDA else [(1, 224), (8, 224)]
-REFERENCES = {"inference": () if CUDA else tuple(i for i in ("torchvision", "torchvision_nchw", "onnxruntime")
-                                                 if i in INFER_IMPLS),
-              "train": () if CUDA else ("torchvision",)}
 
 
 def _cases(shapes, impls):
@@ -147,51 +146,67 @@ def train_step(arch: str, batch: int, size: int, impl: str):
     return step
 
 
-_references = {}  # (case, impl) -> a warm step function, for the case being benchmarked
+_alternated = {}  # case -> (step per implementation, seconds per round per implementation); one case kept
 
 
-def references(case: tuple, mode: str, impl: str):
-    """Warm step functions of the case's references other than impl (built once per case)."""
-    for key in [k for k in _references if k[0] != case]:
-        del _references[key]
-    gc.collect()
-    make = inference_step if mode == "inference" else train_step
-    steps = {}
-    for ref in REFERENCES[mode]:
-        if ref != impl:
-            if (case, ref) not in _references:
-                fn = make(*case[:1], *case[2:], ref)
-                for _ in range(2):
-                    fn()
-                _references[(case, ref)] = fn
-            steps[ref] = _references[(case, ref)]
-    return steps
+def selected_impls(request, case: tuple) -> list:
+    """The implementations whose tests of this case pytest will run (after -k / deselection), in order."""
+    arch, mode, batch, size = case
+    name = "test_inference" if mode == "inference" else "test_train_step"
+    impls = []
+    for item in request.session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if getattr(item, "originalname", None) == name and (params.get("arch"), params.get("batch"),
+                                                             params.get("size")) == (arch, batch, size):
+            impls.append(params["impl"])
+    return impls
 
 
-def alternating(refs):
-    """A pedantic setup that runs each reference once, timed: (setup, times per reference)."""
-    times = {name: [] for name in refs}
+def alternated(request, case: tuple, rounds: int, warmup: int):
+    """Builds and warms up every selected implementation of the case, then times `rounds` rounds in
+    which each runs once, in turn (CPU; on a GPU each implementation is timed in its own test)."""
+    if case not in _alternated:
+        _alternated.clear()
+        gc.collect()
+        arch, mode, batch, size = case
+        make = inference_step if mode == "inference" else train_step
+        steps = {impl: make(arch, batch, size, impl) for impl in selected_impls(request, case)}
+        for fn in steps.values():
+            for _ in range(warmup):
+                fn()
+        times = {impl: [] for impl in steps}
+        for _ in range(rounds):
+            for impl, fn in steps.items():
+                t0 = time.perf_counter()
+                fn()
+                harness.sync()
+                times[impl].append(time.perf_counter() - t0)
+        _alternated[case] = (steps, times)
+    return _alternated[case]
 
-    def setup():
-        for name, fn in refs.items():
-            t0 = time.perf_counter()
-            fn()
-            harness.sync()
-            times[name].append(time.perf_counter() - t0)
-    return setup, times
 
-
-def run_case(benchmark, arch, mode, batch, size, impl, warmup):
+def run_case(benchmark, request, arch, mode, batch, size, impl, warmup):
     case = (arch, mode, batch, size)
-    refs = references(case, mode, impl)
-    step = (inference_step if mode == "inference" else train_step)(arch, batch, size, impl)
-    out_dtype = step().dtype
-    setup, ref_times = alternating(refs)
-    harness.peak_memory_reset()
+    rounds = harness.MODEL_ROUNDS[mode]
     load = os.getloadavg()[0]
-    median = harness.timed(benchmark, step, rounds=harness.MODEL_ROUNDS[mode], warmup=warmup, inner=1,
-                           setup=setup if refs else None)
     info = benchmark.extra_info
+    if CUDA:
+        step = (inference_step if mode == "inference" else train_step)(arch, batch, size, impl)
+        out_dtype = step().dtype
+        harness.peak_memory_reset()
+        median = harness.timed(benchmark, step, rounds=rounds, warmup=warmup, inner=1)
+    else:
+        steps, times = alternated(request, case, rounds, warmup)
+        step = steps[impl]
+        out_dtype = step().dtype
+        # pytest-benchmark's own entry: one more call, timed; the medians reported are the alternated rounds'.
+        benchmark.pedantic(step, rounds=1, iterations=1)
+        median = statistics.median(times[impl])
+        q = statistics.quantiles(times[impl], n=5, method="inclusive") if len(times[impl]) > 1 else [median] * 4
+        info.update(median_s=median, p20_s=q[0], p80_s=q[3], alternated_rounds=len(times[impl]),
+                    alternated_with=[i for i in times if i != impl])
+        for other, ts in times.items():
+            info[f"speedup_vs_{other}"] = statistics.median(ts) / median
     info.update(harness.environment())
     info.update(model=arch, mode=mode, batch=batch, image_size=size, impl=impl, dtype=str(DTYPE),
                 memory_format="channels_last" if memory_format(impl) == torch.channels_last else "contiguous",
@@ -201,21 +216,15 @@ def run_case(benchmark, arch, mode, batch, size, impl, warmup):
         import onnxruntime
 
         info["onnxruntime"] = onnxruntime.__version__
-    harness.compare(benchmark, (arch, mode, batch, size), impl, median, memory=harness.peak_memory())
-    if impl in REFERENCES[mode]:
-        info[f"speedup_vs_{impl}"] = 1.0
-    for name, ts in ref_times.items():
-        ref_median = statistics.median(ts[1:] or ts)  # the first ran before the warm-up round
-        info[f"{name}_alternated_median_s"] = ref_median
-        if median == median:
-            info[f"speedup_vs_{name}"] = ref_median / median
+    if CUDA:
+        harness.compare(benchmark, case, impl, median, memory=harness.peak_memory())
 
 
 @pytest.mark.parametrize("arch,batch,size,impl", _cases(INFER_SHAPES, INFER_IMPLS))
-def test_inference(benchmark, arch, batch, size, impl):
-    run_case(benchmark, arch, "inference", batch, size, impl, warmup=3)
+def test_inference(benchmark, request, arch, batch, size, impl):
+    run_case(benchmark, request, arch, "inference", batch, size, impl, warmup=3)
 
 
 @pytest.mark.parametrize("arch,batch,size,impl", _cases(harness.TRAIN_SHAPES, TRAIN_IMPLS))
-def test_train_step(benchmark, arch, batch, size, impl):
-    run_case(benchmark, arch, "train", batch, size, impl, warmup=2)
+def test_train_step(benchmark, request, arch, batch, size, impl):
+    run_case(benchmark, request, arch, "train", batch, size, impl, warmup=2)

@@ -9,9 +9,11 @@ Once, at construction:
     (reference.fold_bn: float64 math), then cast to `dtype` and laid out channels_last;
   * each runs as ops.conv_bias_act, bias + residual add + ReLU in the conv's epilogue; fc's weight is
     cast to `dtype` as well. Nothing is folded or cast per call.
-  * CPU float32 on the native backend (oneDNN conv + post-ops): each folded weight is also reordered
-    once, at its first call, into oneDNN's blocked layout (as Inductor's CPU freezing does), instead of
-    oneDNN reordering it on every call; the layout is a performance hint, valid for any input shape.
+  * CPU float32 on the native backend: each conv runs directly as oneDNN's fused convolution
+    (backends/onednn_inference.py: no custom-op layer per call, block-end sums accumulated in place
+    into the dead residual), each folded weight reordered once, at its first call, into oneDNN's
+    blocked layout (as Inductor's CPU freezing does) instead of on every call; the layout is a
+    performance hint, valid for any input shape.
 Per call the input is copied once into `dtype`, channels_last. On CUDA with cuda_graph=True the whole
 forward is captured as a CUDA graph at the first call with a new input shape (after warm-up runs on a
 side stream, which also keep Triton autotuning out of the capture) and replayed afterwards. The first
@@ -39,6 +41,7 @@ from torchvision.models import resnet as tv
 from torchvision.ops import FrozenBatchNorm2d
 
 from . import _dispatch, ops, reference
+from .backends import onednn_inference
 from .builders import from_torchvision
 from .cifar import CifarResNet
 from .resnet import BasicBlock, Bottleneck, ResNet
@@ -48,14 +51,12 @@ __all__ = ["optimize_for_inference", "InferenceResNet"]
 
 _WARMUP_RUNS = 2
 _BATCHNORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, SyncBatchNorm2d)
-_REORDER = getattr(torch.ops.mkldnn, "_reorder_convolution_weight", None)
 
 
 def _can_prepack(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether conv_bias_act runs oneDNN's fused convolution here (the native CPU backend, float32),
-    which takes a weight already in oneDNN's blocked layout."""
-    return (device.type == "cpu" and dtype == torch.float32 and _REORDER is not None
-            and torch.backends.mkldnn.is_available() and _dispatch.backend_name("cpu") == "native")
+    """Whether the convs run on oneDNN directly (backends/onednn_inference: CPU float32 where the
+    native backend serves the CPU), with weights prepacked in oneDNN's blocked layout."""
+    return onednn_inference.available(device, dtype) and _dispatch.backend_name("cpu") == "native"
 
 
 class _Frozen:
@@ -107,14 +108,14 @@ class _FoldedConv(_Frozen):
         self.bias.copy_(b)
         self._packed = None
 
-    def __call__(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = True) -> Tensor:
-        w = self.weight
+    def __call__(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = True,
+                 residual_is_dead: bool = False) -> Tensor:
+        """residual_is_dead: the caller never reads residual again, so it may hold the result."""
         if self.prepack:
             if self._packed is None:
-                stride, padding, dilation, groups = self.args
-                self._packed = _REORDER(w.contiguous(), padding, stride, dilation, groups, list(x.shape))
-            w = self._packed
-        return ops.conv_bias_act(x, w, self.bias, residual, relu, *self.args)
+                self._packed = onednn_inference.pack(self.weight, self.args, x.shape)
+            return onednn_inference.conv(x, self._packed, self.bias, self.args, residual, relu, residual_is_dead)
+        return ops.conv_bias_act(x, self.weight, self.bias, residual, relu, *self.args)
 
 
 class _CastLinear(_Frozen):
@@ -240,7 +241,7 @@ class InferenceResNet(nn.Module):
             a = x
             for unit in units[:-1]:
                 a = unit(a)
-            x = units[-1](a, residual=r)
+            x = units[-1](a, residual=r, residual_is_dead=True)  # r is the block's input or a fresh projection
         x = torch.flatten(avgpool(x), 1)
         return self.head(x)
 
