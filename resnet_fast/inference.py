@@ -6,14 +6,14 @@
 Once, at construction:
   * every conv -> BatchNorm pair becomes one conv with the BatchNorm folded in from its running
     statistics, W' = W * gamma/sqrt(rv + eps) per output channel, b' = beta - rm * gamma/sqrt(rv + eps)
-    (reference.fold_bn: float64 math), then cast to `dtype` and laid out channels_last;
+    (bn_math.fold_bn: float64 math), then cast to `dtype` and laid out channels_last;
   * each runs as ops.conv_bias_act, bias + residual add + ReLU in the conv's epilogue; fc's weight is
     cast to `dtype` as well. Nothing is folded or cast per call.
-  * CPU float32 on the native backend: each conv runs directly as oneDNN's fused convolution
-    (backends/onednn_inference.py: no custom-op layer per call, block-end sums accumulated in place
-    into the dead residual), each folded weight reordered once, at its first call, into oneDNN's
-    blocked layout (as Inductor's CPU freezing does) instead of on every call; the layout is a
-    performance hint, valid for any input shape.
+  * where the backend has a weight-preparation hook (the native backend on CPU: float32 weights
+    reordered into oneDNN's blocked layout, which oneDNN would otherwise redo on every call), each
+    folded weight is prepared once, at its first call. A CPU float32 conv whose prepared weight is
+    in oneDNN's layout then runs directly as oneDNN's fused convolution (backends/onednn_inference.py:
+    no custom-op layer per call; block-end sums accumulated in place into the dead residual).
 Per call the input is copied once into `dtype`, channels_last. On CUDA with cuda_graph=True the whole
 forward is captured as a CUDA graph at the first call with a new input shape (after warm-up runs on a
 side stream, which also keep Triton autotuning out of the capture) and replayed afterwards. The first
@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet as tv
 from torchvision.ops import FrozenBatchNorm2d
 
-from . import _dispatch, ops, reference
+from . import _dispatch, bn_math, ops
 from .backends import onednn_inference
 from .builders import from_torchvision
 from .cifar import CifarResNet
@@ -51,12 +51,6 @@ __all__ = ["optimize_for_inference", "InferenceResNet"]
 
 _WARMUP_RUNS = 2
 _BATCHNORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, SyncBatchNorm2d)
-
-
-def _can_prepack(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the convs run on oneDNN directly (backends/onednn_inference: CPU float32 where the
-    native backend serves the CPU), with weights prepacked in oneDNN's blocked layout."""
-    return onednn_inference.available(device, dtype) and _dispatch.backend_name("cpu") == "native"
 
 
 class _Frozen:
@@ -91,7 +85,8 @@ class _FoldedConv(_Frozen):
         w = conv.weight
         self.weight = torch.empty(w.shape, dtype=dtype, device=self.device, memory_format=torch.channels_last)
         self.bias = torch.empty(w.shape[0], dtype=dtype, device=self.device)
-        self.prepack, self._packed = _can_prepack(self.device, dtype), None
+        self.prepack, self._packed = _dispatch.prepares_conv_weights(self.device.type), None
+        self.direct = self.prepack and onednn_inference.available(self.device, dtype)
         self.refold()
 
     def sources(self) -> List[Tensor]:
@@ -103,7 +98,7 @@ class _FoldedConv(_Frozen):
 
     def _fill(self) -> None:
         bn = self.bn
-        w, b = reference.fold_bn(self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+        w, b = bn_math.fold_bn(self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
         self.weight.copy_(w)
         self.bias.copy_(b)
         self._packed = None
@@ -113,8 +108,11 @@ class _FoldedConv(_Frozen):
         """residual_is_dead: the caller never reads residual again, so it may hold the result."""
         if self.prepack:
             if self._packed is None:
-                self._packed = onednn_inference.pack(self.weight, self.args, x.shape)
-            return onednn_inference.conv(x, self._packed, self.bias, self.args, residual, relu, residual_is_dead)
+                self._packed = _dispatch.prepare_conv_weight(self.weight, list(x.shape), *self.args)
+            if self.direct and self._packed.layout == torch._mkldnn:
+                return onednn_inference.conv(x, self._packed, self.bias, self.args, residual, relu,
+                                             residual_is_dead)
+            return ops.conv_bias_act(x, self._packed, self.bias, residual, relu, *self.args)
         return ops.conv_bias_act(x, self.weight, self.bias, residual, relu, *self.args)
 
 

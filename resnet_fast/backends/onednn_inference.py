@@ -1,10 +1,8 @@
 """CPU float32 inference convolutions straight on oneDNN (torch.ops.mkldnn), for optimize_for_inference.
 
 A folded conv (W' [Cout, Cin/g, R, S], b' [Cout]) runs as one oneDNN primitive with its epilogue as
-post-ops: y = act(conv(x, W') + b' [+ residual]). What this adds over ops.conv_bias_act on the native
-backend, and why:
-  * `pack`: W' reordered once into oneDNN's blocked weight layout for the input shape (as Inductor's
-    CPU freezing does), instead of oneDNN reordering the plain weight on every call;
+post-ops: y = act(conv(x, W') + b' [+ residual]), W' already in oneDNN's blocked layout (the native
+backend's prepare_conv_weight hook). What this adds over ops.conv_bias_act on the native backend:
   * `conv` calls the oneDNN op directly: no custom-op layer (schema checks, autograd wrapper,
     dispatch: about 0.1 ms a call, 53 calls in resnet50; at batch 1 that is ~10% of the forward).
     The inference module checks its input once; every conv shape follows from the model.
@@ -14,7 +12,7 @@ backend, and why:
 Activations stay dense channels_last torch tensors (oneDNN's brgemm kernels take NHWC directly).
 """
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -22,7 +20,6 @@ from torch import Tensor
 _MKLDNN = torch.ops.mkldnn
 _POINTWISE = getattr(_MKLDNN, "_convolution_pointwise", None)
 _POINTWISE_INPLACE = getattr(getattr(_MKLDNN, "_convolution_pointwise_", None), "binary", None)
-_REORDER = getattr(_MKLDNN, "_reorder_convolution_weight", None)
 
 ConvArgs = Tuple[List[int], List[int], List[int], int]  # stride, padding, dilation, groups
 
@@ -30,13 +27,7 @@ ConvArgs = Tuple[List[int], List[int], List[int], int]  # stride, padding, dilat
 def available(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether this torch has the oneDNN ops for float32 CPU convolutions with post-ops."""
     return (device.type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and None not in (_POINTWISE, _POINTWISE_INPLACE, _REORDER))
-
-
-def pack(weight: Tensor, args: ConvArgs, input_shape: Sequence[int]) -> Tensor:
-    """weight in oneDNN's blocked layout for inputs of input_shape (a hint: valid for any shape)."""
-    stride, padding, dilation, groups = args
-    return _REORDER(weight.contiguous(), padding, stride, dilation, groups, list(input_shape))
+            and None not in (_POINTWISE, _POINTWISE_INPLACE))
 
 
 def conv(x: Tensor, packed: Tensor, bias: Tensor, args: ConvArgs, residual: Optional[Tensor], relu: bool,
