@@ -16,11 +16,6 @@ CL = torch.channels_last
 SHAPES = [(3, 37, 13, 11), (2, 8, 2, 1), (1, 131, 7, 5)]
 
 
-@pytest.fixture(autouse=True)
-def backend():  # tests/ops/conftest.py's backend fixture: these tests call the primitives directly
-    yield
-
-
 def _lib():
     return torch.ops.resnet_fast_C
 
