@@ -3,8 +3,8 @@
     python benchmarks/report.py results.json [--markdown out.md] [--plot out.png]
 
 Markdown (stdout without --markdown): the environment line, the model table (images/s, speedups
-over torchvision eager and torch.compile, peak memory), the issue's targets evaluated on the rows
-that exist, and the op table (time, TFLOP/s and GB/s against the device's measured limits).
+over torchvision eager channels_last and NCHW, torch.compile and ONNX Runtime, peak memory, the load
+average while it ran), the targets evaluated on the rows that exist, and the op table (time, TFLOP/s and GB/s against the device's measured limits).
 Plot: images/s per model and batch size, one bar per implementation, inference and training side
 by side. Reads only the JSON (no torch import), so it runs anywhere matplotlib is installed.
 """
@@ -14,11 +14,17 @@ import json
 import sys
 from typing import Dict, List, Optional, Tuple
 
-IMPL_ORDER = ["torchvision", "compile", "resnet_fast", "resnet_fast_optimized", "eager"]
-IMPL_LABEL = {"torchvision": "torchvision eager", "compile": "torch.compile(torchvision)",
+IMPL_ORDER = ["torchvision_nchw", "torchvision", "compile", "onnxruntime", "resnet_fast", "resnet_fast_optimized",
+              "eager"]
+IMPL_LABEL = {"torchvision_nchw": "torchvision eager NCHW", "torchvision": "torchvision eager",
+              "compile": "torch.compile(torchvision)", "onnxruntime": "ONNX Runtime (torch.onnx.export)",
               "resnet_fast": "resnet_fast", "resnet_fast_optimized": "resnet_fast optimize_for_inference",
               "eager": "eager PyTorch"}
-# (description, mode, device kind, batch, impls, extra_info key, comparison, threshold)
+# Ratio columns of the model table: (extra_info key, header). On CPU the references' ratios come from
+# alternated rounds (benchmarks/test_models.py), the torch.compile one from separate tests.
+RATIOS = [("speedup_vs_torchvision", "vs torchvision"), ("speedup_vs_torchvision_nchw", "vs eager NCHW"),
+          ("speedup_vs_compile", "vs torch.compile"), ("speedup_vs_onnxruntime", "vs ONNX Runtime")]
+# (description, mode, device kind, batch (None: every batch), impls, extra_info key, comparison, threshold)
 TARGETS = [
     ("GPU resnet50 training step >= 1.3x torchvision eager", "train", "cuda", 256, ("resnet_fast",),
      "speedup_vs_torchvision", ">=", 1.3),
@@ -30,6 +36,12 @@ TARGETS = [
      "memory_vs_torchvision", "<=", 0.8),
     ("CPU resnet50 eval, batch 8 >= 1.3x torchvision eager", "inference", "cpu", 8,
      ("resnet_fast", "resnet_fast_optimized"), "speedup_vs_torchvision", ">=", 1.3),
+    ("CPU resnet50 training step >= 1.0x torchvision eager", "train", "cpu", None, ("resnet_fast",),
+     "speedup_vs_torchvision", ">=", 1.0),
+    ("CPU resnet50 inference >= 1.0x ONNX Runtime", "inference", "cpu", None, ("resnet_fast_optimized",),
+     "speedup_vs_onnxruntime", ">=", 1.0),
+    ("CPU resnet50 inference >= 1.5x torchvision eager NCHW", "inference", "cpu", None, ("resnet_fast_optimized",),
+     "speedup_vs_torchvision_nchw", ">=", 1.5),
 ]
 
 
@@ -44,7 +56,7 @@ def load(path: str) -> Tuple[Dict[str, object], List[dict], List[dict]]:
         (models if "model" in row else ops if "op" in row else []).append(row)
     env = dict(data.get("machine_info", {}).get("resnet_fast", {}))
     first = (models + ops)[:1]
-    for key in ("device", "torch", "triton", "cuda", "date", "bench_set"):
+    for key in ("device", "torch", "triton", "cuda", "date", "bench_set", "onnxruntime"):
         if key not in env and first:
             env[key] = first[0].get(key)
     return env, models, ops
@@ -77,6 +89,8 @@ def _table(header: List[str], rows: List[List[str]]) -> str:
 def environment_line(env: Dict[str, object]) -> str:
     parts = [f"**{env.get('device', 'unknown device')}**", f"torch {env.get('torch')}", f"triton {env.get('triton')}",
              f"{env.get('date')}", f"set `{env.get('bench_set')}`"]
+    if env.get("onnxruntime"):
+        parts.insert(3, f"onnxruntime {env['onnxruntime']}")
     limits = env.get("device_limits") or {}
     if limits:
         parts.append(f"measured copy bandwidth {limits['copy_GBps']:.1f} GB/s, matmul "
@@ -89,13 +103,15 @@ def model_table(rows: List[dict]) -> str:
     body = []
     for r in rows:
         mem = r.get("peak_memory_bytes")
+        load = r.get("load_average_1min")
         body.append([r["model"], r["mode"], f"{r['batch']} x {r['image_size']}²", IMPL_LABEL.get(r["impl"], r["impl"]),
                      _fmt(r["median_s"] * 1e3, ".1f"), _fmt(r.get("images_per_s"), ".1f"),
-                     _fmt(r.get("speedup_vs_torchvision"), ".2f", "x"), _fmt(r.get("speedup_vs_compile"), ".2f", "x"),
+                     *[_fmt(r.get(key), ".2f", "x") for key, _ in RATIOS],
                      _fmt(None if mem is None else mem / 2 ** 30, ".2f"),
-                     _fmt(r.get("memory_vs_torchvision"), ".2f", "x")])
-    return _table(["model", "mode", "batch", "implementation", "median ms", "images/s", "vs torchvision",
-                   "vs torch.compile", "peak GiB", "memory vs torchvision"], body)
+                     _fmt(r.get("memory_vs_torchvision"), ".2f", "x"),
+                     "—" if not load else "–".join(f"{v:.1f}" for v in load)])
+    return _table(["model", "mode", "batch", "implementation", "median ms", "images/s", *[h for _, h in RATIOS],
+                   "peak GiB", "memory vs torchvision", "load avg"], body)
 
 
 def targets_table(env: Dict[str, object], rows: List[dict]) -> str:
@@ -104,13 +120,13 @@ def targets_table(env: Dict[str, object], rows: List[dict]) -> str:
     for text, mode, dev, batch, impls, key, cmp, limit in TARGETS:
         if dev != kind:
             continue
-        for r in rows:
-            if r["model"] == "resnet50" and r["mode"] == mode and r["batch"] == batch and r["impl"] in impls:
+        for r in sorted(rows, key=lambda r: (r["batch"], _impl_key(r))):
+            if r["model"] == "resnet50" and r["mode"] == mode and batch in (None, r["batch"]) and r["impl"] in impls:
                 value = r.get(key)
                 met = None if value is None else (value >= limit if cmp == ">=" else value <= limit)
-                body.append([text, IMPL_LABEL.get(r["impl"], r["impl"]), _fmt(value, ".2f", "x"),
+                body.append([text, IMPL_LABEL.get(r["impl"], r["impl"]), str(r["batch"]), _fmt(value, ".2f", "x"),
                              "—" if met is None else ("met" if met else "**missed**")])
-    return _table(["target", "implementation", "measured", ""], body) if body else ""
+    return _table(["target", "implementation", "batch", "measured", ""], body) if body else ""
 
 
 def op_table(rows: List[dict]) -> str:

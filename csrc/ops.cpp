@@ -35,4 +35,13 @@ TORCH_LIBRARY(resnet_fast_C, m) {
       "bn_act_backward(Tensor grad_out, Tensor out, Tensor x, Tensor? mean, Tensor scale, Tensor? residual, "
       "Tensor? res_mean, Tensor? res_scale, bool relu, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, "
       "Tensor)");
+  // The same three for float32 channels_last CPU activations only, vectorized (csrc/cpu/nhwc_float_cpu.cpp).
+  m.def("nhwc_channel_stats(Tensor y) -> (Tensor mean, Tensor var)");
+  m.def(
+      "nhwc_bn_act(Tensor x, Tensor? mean, Tensor scale, Tensor bias, Tensor? residual, Tensor? res_mean, "
+      "Tensor? res_scale, Tensor? res_bias, bool relu) -> Tensor");
+  m.def(
+      "nhwc_bn_act_backward(Tensor grad_out, Tensor out, Tensor x, Tensor? mean, Tensor scale, Tensor? residual, "
+      "Tensor? res_mean, Tensor? res_scale, bool relu, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)");
 }

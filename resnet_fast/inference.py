@@ -11,7 +11,9 @@ Once, at construction:
     cast to `dtype` as well. Nothing is folded or cast per call.
   * where the backend has a weight-preparation hook (the native backend on CPU: float32 weights
     reordered into oneDNN's blocked layout, which oneDNN would otherwise redo on every call), each
-    folded weight is prepared once, at its first call.
+    folded weight is prepared once, at its first call. A CPU float32 conv whose prepared weight is
+    in oneDNN's layout then runs directly as oneDNN's fused convolution (backends/onednn_inference.py:
+    no custom-op layer per call; block-end sums accumulated in place into the dead residual).
 Per call the input is copied once into `dtype`, channels_last. On CUDA with cuda_graph=True the whole
 forward is captured as a CUDA graph at the first call with a new input shape (after warm-up runs on a
 side stream, which also keep Triton autotuning out of the capture) and replayed afterwards. The first
@@ -39,6 +41,7 @@ from torchvision.models import resnet as tv
 from torchvision.ops import FrozenBatchNorm2d
 
 from . import _dispatch, bn_math, ops
+from .backends import onednn_inference
 from .builders import from_torchvision
 from .cifar import CifarResNet
 from .resnet import BasicBlock, Bottleneck, ResNet
@@ -83,6 +86,7 @@ class _FoldedConv(_Frozen):
         self.weight = torch.empty(w.shape, dtype=dtype, device=self.device, memory_format=torch.channels_last)
         self.bias = torch.empty(w.shape[0], dtype=dtype, device=self.device)
         self.prepack, self._packed = _dispatch.prepares_conv_weights(self.device.type), None
+        self.direct = self.prepack and onednn_inference.available(self.device, dtype)
         self.refold()
 
     def sources(self) -> List[Tensor]:
@@ -99,13 +103,17 @@ class _FoldedConv(_Frozen):
         self.bias.copy_(b)
         self._packed = None
 
-    def __call__(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = True) -> Tensor:
-        w = self.weight
+    def __call__(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = True,
+                 residual_is_dead: bool = False) -> Tensor:
+        """residual_is_dead: the caller never reads residual again, so it may hold the result."""
         if self.prepack:
             if self._packed is None:
-                self._packed = _dispatch.prepare_conv_weight(w, list(x.shape), *self.args)
-            w = self._packed
-        return ops.conv_bias_act(x, w, self.bias, residual, relu, *self.args)
+                self._packed = _dispatch.prepare_conv_weight(self.weight, list(x.shape), *self.args)
+            if self.direct and self._packed.layout == torch._mkldnn:
+                return onednn_inference.conv(x, self._packed, self.bias, self.args, residual, relu,
+                                             residual_is_dead)
+            return ops.conv_bias_act(x, self._packed, self.bias, residual, relu, *self.args)
+        return ops.conv_bias_act(x, self.weight, self.bias, residual, relu, *self.args)
 
 
 class _CastLinear(_Frozen):
@@ -231,7 +239,7 @@ class InferenceResNet(nn.Module):
             a = x
             for unit in units[:-1]:
                 a = unit(a)
-            x = units[-1](a, residual=r)
+            x = units[-1](a, residual=r, residual_is_dead=True)  # r is the block's input or a fresh projection
         x = torch.flatten(avgpool(x), 1)
         return self.head(x)
 

@@ -15,8 +15,8 @@ from .. import composites
 from ..conventions import aten_conv as conv  # noqa: F401  (primitive)
 from ..conventions import conv_backward  # noqa: F401  (primitive)
 from ..conventions import memory_format_of
+from .native_cpu import primitives as _C  # torch.ops.resnet_fast_C, float32 NHWC CPU calls vectorized
 
-_C = torch.ops.resnet_fast_C
 _ONEDNN_POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
 _ONEDNN_REORDER = getattr(torch.ops.mkldnn, "_reorder_convolution_weight", None)
 

@@ -34,7 +34,10 @@ def results(tmp_path):
                                                                       "dtype": "torch.float32"})},
             "benchmarks": [_model("torchvision", "inference", 0.333, speedup_vs_torchvision=1.0),
                            _model("resnet_fast", "inference", 0.231, speedup_vs_torchvision=1.4416),
-                           _model("resnet_fast_optimized", "inference", 0.300, speedup_vs_torchvision=1.11),
+                           _model("resnet_fast_optimized", "inference", 0.300, speedup_vs_torchvision=1.11,
+                                  speedup_vs_onnxruntime=0.833, load_average_1min=[1.0, 2.5]),
+                           _model("onnxruntime", "inference", 0.250, speedup_vs_torchvision=1.332,
+                                  speedup_vs_onnxruntime=1.0),
                            _model("torchvision", "train", 0.308, batch=4),
                            _model("resnet_fast", "train", 0.423, batch=4, speedup_vs_torchvision=0.728),
                            _op("eager", 0.010, 1.0), _op("resnet_fast", 0.004, 2.5)]}
@@ -49,12 +52,20 @@ def test_markdown_tables_and_targets(results, tmp_path):
     text = out.read_text()
     assert "**Test CPU (2 cores)**, torch 2.99, triton 9.9, 2031-01-02" in text
     assert "copy bandwidth 20.0 GB/s, matmul 1.50 TFLOP/s" in text
-    assert "| resnet50 | inference | 8 x 224² | resnet_fast | 231.0 | 34.6 | 1.44x |\n" in text
+    assert "| resnet50 | inference | 8 x 224² | resnet_fast | 231.0 | 34.6 | 1.44x | — | — |\n" in text
+    assert "| resnet_fast optimize_for_inference | 300.0 | 26.7 | 1.11x | 0.83x | 1.0–2.5 |\n" in text
+    assert "| ONNX Runtime (torch.onnx.export) | 250.0 | 32.0 | 1.33x | 1.00x | — |\n" in text
     assert "vs torch.compile" not in text and "peak GiB" not in text  # columns empty in every row: left out
-    assert "| resnet50 | train | 4 x 224² | resnet_fast | 423.0 | 9.5 | 0.73x |" in text
+    assert "vs eager NCHW" not in text
+    assert "| resnet50 | train | 4 x 224² | resnet_fast | 423.0 | 9.5 | 0.73x | — | — |" in text
     # CPU target: resnet50 eval batch 8 >= 1.3x, judged for both resnet_fast rows; no GPU targets on a CPU file.
-    assert "| CPU resnet50 eval, batch 8 >= 1.3x torchvision eager | resnet_fast | 1.44x | met |" in text
-    assert "| resnet_fast optimize_for_inference | 1.11x | **missed** |" in text
+    assert "| CPU resnet50 eval, batch 8 >= 1.3x torchvision eager | resnet_fast | 8 | 1.44x | met |" in text
+    assert "| resnet_fast optimize_for_inference | 8 | 1.11x | **missed** |" in text
+    assert "| CPU resnet50 training step >= 1.0x torchvision eager | resnet_fast | 4 | 0.73x | **missed** |" in text
+    assert "| CPU resnet50 inference >= 1.0x ONNX Runtime | resnet_fast optimize_for_inference | 8 | 0.83x | " \
+           "**missed** |" in text
+    assert "| CPU resnet50 inference >= 1.5x torchvision eager NCHW | resnet_fast optimize_for_inference | 8 | — | — |" \
+           in text
     assert "GPU resnet50" not in text
     assert "| bn_act | layer1 block end | forward | resnet_fast | 4.000 | 19.2 | 50% | 2.50x |" in text
     # Rows in a fixed order: the baseline first within each case.
