@@ -3,7 +3,7 @@
     python benchmarks/report.py results.json [--markdown out.md] [--plot out.png]
 
 Markdown (stdout without --markdown): the environment line, the model table (images/s, speedups
-over torchvision eager and torch.compile, peak memory), the issue's targets evaluated on the rows
+over torchvision eager and torch.compile, peak memory), the README's GPU targets evaluated on the rows
 that exist, and the op table (time, TFLOP/s and GB/s against the device's measured limits).
 Plot: images/s per model and batch size, one bar per implementation, inference and training side
 by side. Reads only the JSON (no torch import), so it runs anywhere matplotlib is installed.
