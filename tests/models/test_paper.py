@@ -4,11 +4,11 @@ ImageNet-style ResNet, and the CIFAR 6n+2 nets, against a plain-PyTorch definiti
 Reference first: RefBlock / RefNet below are the paper's definitions as plain nn.Modules (option A
 is torch.cat of the subsampled input and zeros), with resnet_fast's module names so that a
 state_dict loads between them strictly: that also checks each variant's module tree. The comparison
-is tests/helpers.py's, as in tests/models/test_equivalence.py: in float64 one SGD step (output, loss, input and parameter
-gradients, updated parameters, running statistics, num_batches_tracked, then an eval forward), every
-tensor within 1e-9 of its magnitude; in float32 SGD steps under the 2x-eager rule, eager being the
-reference in float32 in resnet_fast's activation layout (plain nets: test_cifar_variants says why
-only the CIFAR one)."""
+is tests/helpers.py's, as in tests/models/test_equivalence.py: in float64 one SGD step (output,
+loss, input and parameter gradients, updated parameters, running statistics, num_batches_tracked,
+then an eval forward), every tensor within 1e-9 of its magnitude; in float32 SGD steps under the
+2x-eager rule, eager being the reference in float32 in resnet_fast's activation layout (plain nets:
+test_cifar_variants says why only the CIFAR one)."""
 
 import copy
 
