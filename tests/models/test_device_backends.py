@@ -14,24 +14,23 @@ import torch
 import torch.nn.functional as F
 
 import resnet_fast
-from helpers import assert_steps_close, force_backend, gpu_only, model_triplet, record_steps
+from helpers import assert_steps_close, gpu_only, model_triplet, record_steps
 
 
 @pytest.fixture
-def triton_on(monkeypatch, device):
+def triton_on(monkeypatch, device, force_backend):
     """The Triton backend on `device` (the cpu/cuda parametrized tests)."""
-    with force_backend("triton", device):
-        if device == "cpu":
-            _interpreter_blocks(monkeypatch)
-        yield device
+    force_backend("triton", device)
+    if device == "cpu":
+        _interpreter_blocks(monkeypatch)
+    return device
 
 
 @pytest.fixture
-def triton_cuda():
+def triton_cuda(force_backend):
     """The Triton backend on CUDA, for the gpu_only tests: no device parameter, so `-m gpu` selects
     exactly one (CUDA) instance of each."""
-    with force_backend("triton", "cuda"):
-        yield
+    force_backend("triton", "cuda")
 
 
 def _interpreter_blocks(monkeypatch):
