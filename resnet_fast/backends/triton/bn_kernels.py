@@ -4,7 +4,9 @@ BN apply (+ residual / dual BN) (+ ReLU), and its backward (elementwise grads + 
 Every activation is viewed as rows of an NHWC tensor: [M, C] row-major, M = N*H*W (the backend
 converts to channels_last first). Per-channel vectors are float32 (float64 for float64 activations);
 math runs in that "stat" dtype. No atomics: per-row-block partials are reduced in a fixed order, so
-results are deterministic run to run.
+results are deterministic run to run. Row counts (M, and the merge's tile counts) are in
+do_not_specialize: they only bound masks, and Triton would otherwise compile a variant for each that
+equals 1 or is divisible by 16; C stays specialized (it decides the alignment of vector loads).
 """
 
 import triton
@@ -38,7 +40,7 @@ def _load_centered(ptr, offs, mask, mean_ptr, cols, cmask, HAS_MEAN: tl.constexp
     return t
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _bn_act_fwd_kernel(
     x_ptr, out_ptr,                      # [M, C] activation dtype
     mean_ptr, scale_ptr, bias_ptr,       # [C] stat dtype
@@ -65,7 +67,7 @@ def _bn_act_fwd_kernel(
     tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _bn_act_bwd_kernel(
     gout_ptr, out_ptr, x_ptr,            # [M, C]: grad of the output, the output (ReLU mask), the input
     mean_ptr, scale_ptr,                 # [C]
@@ -116,7 +118,7 @@ def tile_stats(v, row_mask, count):
     return mean, tl.sum(d * d, axis=0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _channel_stats_partial_kernel(
     y_ptr,                               # [M, C]
     pmean_ptr, pm2_ptr,                  # [cdiv(M, BLOCK_M), C] stat dtype
@@ -136,7 +138,7 @@ def _channel_stats_partial_kernel(
     tl.store(pm2_ptr + pid_m * C + cols, m2, mask=cmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "M", "TILE_M", "GROUP_T"])
 def _stats_merge_kernel(
     pmean_ptr, pm2_ptr,                  # [T, C]: tile t holds min(TILE_M, M - t*TILE_M) rows
     out_mean_ptr, out_m2_ptr,            # [G, C]: group g = tiles [g*GROUP_T, (g+1)*GROUP_T)

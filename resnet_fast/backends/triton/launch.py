@@ -151,14 +151,14 @@ def conv2d(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[i
     in_mean, in_scale, in_bias, in_relu = prologue if prologue is not None else (None, None, None, False)
     dummy = y
     if m and cout:
-        ck._conv_fwd_kernel[(tiles, triton.cdiv(cout_g, config.block_n), groups)](
+        ck._conv_fwd_kernel[(tiles * triton.cdiv(cout_g, config.block_n), groups)](
             x, weight, y, in_mean if in_mean is not None else dummy, in_scale if in_scale is not None else dummy,
             in_bias if in_bias is not None else dummy, bias if bias is not None else dummy,
             residual if residual is not None else dummy, pmean, pm2,
             h, w, cin, p, q, cout, cin_g, cout_g, m, stride[0], stride[1], padding[0], padding[1],
-            dilation[0], dilation[1], *weight.stride(), R=r, S=s,
+            dilation[0], dilation[1], *weight.stride(), R=r, S=s, ONE_CB=cin_g <= config.block_k,
             PROLOGUE=prologue is not None, PRO_MEAN=in_mean is not None, PRO_RELU=bool(in_relu),
-            EPILOGUE=ck.EPI_STATS if stats else ck.EPI_BIAS, HAS_BIAS=bias is not None,
+            STATS=stats, HAS_BIAS=bias is not None,
             HAS_RES=residual is not None, RELU=relu, PRECISION=dot_precision(x.dtype),
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             num_warps=config.num_warps, num_stages=config.num_stages)

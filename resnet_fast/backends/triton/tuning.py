@@ -40,8 +40,13 @@ class Config(NamedTuple):
 ATEN = "aten"
 
 # Candidates on the GPU (tl.dot needs every block dim >= 16; Hopper likes BLOCK_K >= 32, 3-4 stages).
+# 128x256x64 (8 warps, 3 stages: ~160 KB of shared memory in half precision) is the large-GEMM class
+# for Hopper's wide channels (resnet50's 1x1 convs, Cout up to 2048); in float32 it exceeds shared
+# memory and simply fails to launch (choose() skips it). 256x128x64 is left out: compiled for sm_90 it
+# spills registers in half precision with the BN prologue (16-104 B).
 _CANDIDATES = [Config(128, 128, 32, 8, 3), Config(128, 64, 32, 4, 4), Config(64, 128, 32, 4, 4),
                Config(64, 64, 32, 4, 3), Config(128, 128, 64, 8, 3), Config(64, 64, 64, 4, 3),
+               Config(128, 256, 64, 8, 3),
                Config(64, 32, 32, 4, 3), Config(32, 32, 16, 4, 3)]
 
 
@@ -57,7 +62,7 @@ def default_config(cin_g: int, cout_g: int, m: int) -> Config:
     if INTERPRET:
         return Config(32, 16, 16, 1, 1)  # several tiles on tiny shapes: exercises every mask
     bn = min(128, _pow2_at_least_16(cout_g))
-    bk = 32 if cin_g >= 32 else 16
+    bk = 64 if cin_g >= 64 else 32 if cin_g >= 32 else 16
     bm = 128 if m >= 128 * 64 else 64
     return Config(bm, bn, bk, 8 if bm * bn >= 128 * 128 else 4, 3)
 
