@@ -4,7 +4,7 @@
 
 Markdown (stdout without --markdown): the environment line, the model table (images/s, speedups
 over torchvision eager channels_last and NCHW, torch.compile and ONNX Runtime, peak memory, the load
-average while it ran), the targets evaluated on the rows that exist, and the op table (time, TFLOP/s and GB/s against the device's measured limits).
+average while it ran), the targets (GPU and CPU) evaluated on the rows that exist, and the op table (time, TFLOP/s and GB/s against the device's measured limits).
 Plot: images/s per model and batch size, one bar per implementation, inference and training side
 by side. Reads only the JSON (no torch import), so it runs anywhere matplotlib is installed.
 """

@@ -133,8 +133,8 @@ LAYERS = [
     ("bn_act", "layer1 block end", lambda impl: bn_act(256, 56, impl)),
     ("conv_bias_act", "layer1.conv3 1x1 (eval)", lambda impl: conv_bias_act(64, 256, 56, impl)),
 ]
-# On a GPU, the alternatives behind each op too, so the measurements decide between them (issue: one
-# GPU implementation per op, Triton or CUDA C++, whichever is faster; Triton GEMM or cuDNN per shape):
+# On a GPU, the alternatives behind each op too, so the measurements decide between them (one GPU
+# implementation per op, Triton or CUDA C++, whichever is faster; Triton GEMM or cuDNN per shape):
 # impl -> (backend, RESNET_FAST_CONV). "resnet_fast" is the default choice (per-shape tuning).
 VARIANTS = {"resnet_fast": None, "resnet_fast_native": ("native", "auto"),
             "resnet_fast_triton_gemm": ("triton", "triton"), "resnet_fast_cudnn_gemm": ("triton", "aten")}

@@ -104,12 +104,15 @@ def backend_name(device_type: str) -> str:
 @contextlib.contextmanager
 def use_backend(name: str, devices: Optional[Sequence[str]] = None) -> Iterator[None]:
     """Within the block, backend `name` serves the ops on `devices` (default: every device type it can
-    serve here). Raises ValueError for an unknown name and RuntimeError where it cannot serve a device
-    given explicitly (e.g. triton on cpu without TRITON_INTERPRET=1), before anything changes."""
+    serve here). Raises ValueError for an unknown name, and RuntimeError where it cannot serve a device
+    given (e.g. triton on cpu without TRITON_INTERPRET=1) or, without `devices`, any device at all;
+    nothing changes then."""
     if name not in backends.BACKENDS:
         raise ValueError(f"unknown resnet_fast backend {name!r}; known: {', '.join(_BACKENDS)}")
     if devices is None:
         devices = [d for d in ("cpu", "cuda") if available(name, d)]
+        if not devices:
+            raise RuntimeError(f"the {name} backend cannot serve any device here: {unavailable_reason(name, 'cpu')}")
     else:
         devices = [torch.device(d).type for d in devices]
         missing = [d for d in devices if not available(name, d)]

@@ -1,6 +1,7 @@
 """Plain-PyTorch oracle of every resnet_fast op: the ground truth the tests compare every backend
-against (in float64, and in the same dtype as "eager"). Nothing in the package runs it; the
-plain-PyTorch *backend* is resnet_fast/backends/eager.py.
+against (in float64, and in the same dtype as "eager"). No op of the package runs these functions;
+the plain-PyTorch *backend* is resnet_fast/backends/eager.py. (fold_bn, memory_format_of and
+stat_dtype, production code of bn_math.py / conventions.py, stay importable from here.)
 
 Forward references are the ops' definitions written as directly as possible. Backward references are
 not written by hand: each is torch.autograd's vector-Jacobian product of the forward reference, so it

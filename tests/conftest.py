@@ -1,3 +1,4 @@
+import contextlib
 import os
 import random
 import sys
@@ -7,13 +8,13 @@ import torch
 
 # Without a GPU, Triton kernels run under the interpreter (numpy, on CPU tensors). Triton reads the
 # variable when @triton.jit decorates a kernel, i.e. when resnet_fast's Triton backend is imported.
-# With a GPU it stays off (it would interpret the GPU kernels too): see helpers.force_backend.
+# With a GPU it stays off (it would interpret the GPU kernels too): see helpers.forced_backend.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, os.path.dirname(__file__))  # for `helpers`
 
-from helpers import cpu_and_cuda  # noqa: E402
+from helpers import cpu_and_cuda, forced_backend  # noqa: E402
 
 
 def pytest_configure(config):
@@ -37,11 +38,8 @@ def device(request):
 
 
 @pytest.fixture
-def backend_switch():
-    """force_backend as a fixture: backend_switch(name, device) holds until the test ends."""
-    import contextlib
-
-    from helpers import force_backend
-
+def force_backend():
+    """force_backend(name, device): that backend serves the device until the test ends, through the
+    public resnet_fast.use_backend (helpers.forced_backend says when it skips instead)."""
     with contextlib.ExitStack() as stack:
-        yield lambda name, device: stack.enter_context(force_backend(name, device))
+        yield lambda name, device: stack.enter_context(forced_backend(name, device))

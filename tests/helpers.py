@@ -82,7 +82,7 @@ cpu_and_cuda = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", m
 
 
 @contextlib.contextmanager
-def force_backend(name: str, device: str) -> Iterator[str]:
+def forced_backend(name: str, device: str) -> Iterator[str]:
     """Backend `name` serves `device` inside the block, through the public resnet_fast.use_backend.
 
     Where it cannot serve the device the test is skipped with the reason, except the Triton interpreter

@@ -12,14 +12,14 @@ import torch
 
 from resnet_fast import ops
 from resnet_fast import reference as ref
-from helpers import CL, CONVS, act, assert_close_to_ref, conv_args, force_backend, vec
+from helpers import CL, CONVS, act, assert_close_to_ref, conv_args, vec
 
 
 @pytest.fixture(autouse=True)
-def backend(device):
+def backend(device, force_backend):
     """Every test here runs on the Triton backend."""
-    with force_backend("triton", device):
-        yield "triton"
+    force_backend("triton", device)
+    return "triton"
 
 
 @pytest.fixture(params=["triton", "aten"])

@@ -191,15 +191,21 @@ def test_block_forward_alone():
         torch.testing.assert_close(q, p, rtol=1e-10, atol=1e-12, msg=n)
 
 
-def test_forward_runs_fused_ops(monkeypatch):
+@pytest.mark.parametrize("build,size", [
+    (lambda: resnet_fast.resnet50(num_classes=10), 64),
+    # the paper's option A and plain nets too
+    (resnet_fast.resnet20, 32), (resnet_fast.plain20, 32),
+    (lambda: resnet_fast.resnet18(shortcut="A", num_classes=4), 32),
+], ids=["resnet50", "resnet20", "plain20", "resnet18-A"])
+def test_forward_runs_fused_ops(monkeypatch, build, size):
     """nn.Conv2d / nn.BatchNorm2d are parameter holders on the fused path: never called."""
     def forbidden(self, *args):
         raise AssertionError(f"{type(self).__name__}.forward was called")
 
-    model = resnet_fast.resnet50(num_classes=10)
+    model = build()
     monkeypatch.setattr(nn.BatchNorm2d, "forward", forbidden)
     monkeypatch.setattr(nn.Conv2d, "forward", forbidden)
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, size, size)
     model(x).sum().backward()
     model.eval()
     model(x)

@@ -3,7 +3,7 @@ against torchvision eager in the same dtype, both held to float64: outputs, loss
 gradients, running statistics, num_batches_tracked, and eval after the step.
 
 CPU (interpreter): resnet18 at 16x16, float32. GPU: resnet18 and resnet50 in float32, bfloat16 and
-float16 at 64x64; the issue's resnet50 step (bf16 autocast, channels_last, batch 32, 224x224) against
+float16 at 64x64; a resnet50 training step (bf16 autocast, channels_last, batch 32, 224x224) against
 torchvision; 100 steps on a fixed batch tracking eager's loss curve; torch.compile(fullgraph=True).
 fp32 on a GPU compares eager and fused with TF32 off in both (tests/conftest.py)."""
 
@@ -14,24 +14,23 @@ import torch
 import torch.nn.functional as F
 
 import resnet_fast
-from helpers import assert_steps_close, force_backend, gpu_only, model_triplet, record_steps
+from helpers import assert_steps_close, gpu_only, model_triplet, record_steps
 
 
 @pytest.fixture
-def triton_on(monkeypatch, device):
+def triton_on(monkeypatch, device, force_backend):
     """The Triton backend on `device` (the cpu/cuda parametrized tests)."""
-    with force_backend("triton", device):
-        if device == "cpu":
-            _interpreter_blocks(monkeypatch)
-        yield device
+    force_backend("triton", device)
+    if device == "cpu":
+        _interpreter_blocks(monkeypatch)
+    return device
 
 
 @pytest.fixture
-def triton_cuda():
+def triton_cuda(force_backend):
     """The Triton backend on CUDA, for the gpu_only tests: no device parameter, so `-m gpu` selects
     exactly one (CUDA) instance of each."""
-    with force_backend("triton", "cuda"):
-        yield
+    force_backend("triton", "cuda")
 
 
 def _interpreter_blocks(monkeypatch):

@@ -14,7 +14,6 @@ import resnet_fast
 from helpers import assert_close_to_ref, gpu_only
 
 
-
 def _randomize_norms(model: nn.Module) -> nn.Module:
     """Running statistics and affine parameters away from their defaults, so folding is exercised."""
     with torch.no_grad():
@@ -43,7 +42,8 @@ def eval_output(tv_model, x):
 
 
 def assert_same(a, b, device):
-    """Same folded weights, same ops: equal up to the GPU's choice of conv algorithm (TF32 by default)."""
+    """Same folded weights, same ops: equal up to the GPU's choice of conv algorithm (cuDNN may pick
+    different ones for the two calls; fp32 runs with TF32 off in the tests, tests/conftest.py)."""
     tol = 1e-5 if device == "cpu" else 1e-3
     torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 

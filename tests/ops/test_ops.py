@@ -120,6 +120,46 @@ def test_conv_bias_act_float32_bias(residual, relu, device):
     assert_close_to_ref("out", out, eager, ref64, dtype=dt, factor=1.0)
 
 
+def _check_masked(name, got, want, mask):
+    """Requested gradients equal the reference's (float64); the others are empty tensors."""
+    assert len(got) == len(want) == len(mask)
+    for i, (a, b, m) in enumerate(zip(got, want, mask)):
+        if not m or b.numel() == 0:
+            assert a.numel() == 0, f"{name}: gradient {i} was not requested (or has no input) but is {a.shape}"
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=lambda e, i=i: f"{name} grad {i}: {e}")
+
+
+MASKS8 = [[True] * 8, [True, False, False, True, False, False, True, False], [False, True, True, False, True, True,
+                                                                               False, True]]
+
+
+@pytest.mark.parametrize("mask", MASKS8)
+def test_backward_ops_match_autograd_reference(mask, device):
+    """The three backward ops, called directly with partial output masks, against reference.py's
+    autograd-derived backward (float64)."""
+    dt = torch.float64
+    args = bn_act_args((2, 5, 4, 3), device, dt, CL, True, "dual")
+    out = ops.bn_act(*args, True)
+    g = torch.randn_like(out)
+    _check_masked("bn_act_backward", ops.bn_act_backward(g, out, *args, True, mask),
+                  ref.bn_act_backward(g, out, *args, True, mask), mask)
+    x, pro, w, s, p, d, gr = conv_args(CONVS[1], device, dt, CL, True)
+    y, mean, var = ops.conv_bn_stats(x, *pro, True, w, s, p, d, gr)
+    grads = (torch.randn_like(y), torch.randn_like(mean), torch.randn_like(var))
+    m5 = mask[:5]
+    saved = (x, *pro, True, w, y, mean, s, p, d, gr, m5)
+    _check_masked("conv_bn_stats_backward", ops.conv_bn_stats_backward(*grads, *saved),
+                  ref.conv_bn_stats_backward(*grads, *saved), m5)
+    b = torch.randn(w.shape[0], device=device, dtype=dt)
+    r = act(y.shape, device, dt, CL)
+    out = ops.conv_bias_act(x, w, b, r, True, s, p, d, gr)
+    g = torch.randn_like(out)
+    m4 = mask[4:]
+    _check_masked("conv_bias_act_backward", ops.conv_bias_act_backward(g, out, x, w, b, r, True, s, p, d, gr, m4),
+                  ref.conv_bias_act_backward(g, out, x, w, b, r, True, s, p, d, gr, m4), m4)
+
+
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_update_running_stats_matches_batchnorm(momentum, device):
     bn = torch.nn.BatchNorm2d(5, momentum=momentum).to(device)
