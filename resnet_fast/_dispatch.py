@@ -15,7 +15,8 @@ Choice, per device type, made on first use unless RESNET_FAST_BACKEND or use_bac
   cuda  triton when triton imports and the GPU is sm_80 or newer, else reference. The CUDA C++
         kernels (native) compile in CI but have not yet run on a GPU: they serve only when asked for.
   other reference.
-RESNET_FAST_BACKEND=reference|native|triton|auto (default auto); an unavailable request warns and
+  cudnn (cuDNN fused graphs for float16, Triton elsewhere) only when asked for: never run on a GPU yet.
+RESNET_FAST_BACKEND=reference|native|triton|cudnn|auto (default auto); an unavailable request warns and
 takes the reference. resnet_fast.use_backend(name) forces one in a `with` block, and raises instead.
 """
 
@@ -63,7 +64,17 @@ def available(name: str, device_type: str) -> bool:
         return _native_supports(device_type)
     if name == "triton":
         return _triton_supports(device_type)
+    if name == "cudnn":
+        return _cudnn_supports(device_type)
     return True
+
+
+def _cudnn_supports(device_type: str) -> bool:
+    if device_type != "cuda" or not _triton_supports(device_type):
+        return False
+    from .backends import cudnn
+
+    return cudnn.available()
 
 
 def _choose(device_type: str) -> str:
@@ -72,6 +83,13 @@ def _choose(device_type: str) -> str:
         raise ValueError(f"RESNET_FAST_BACKEND must be one of auto, {', '.join(_BACKENDS)}; got {wanted!r}")
     if wanted == "reference":
         return "reference"
+    if wanted == "cudnn":
+        if _cudnn_supports(device_type):
+            return "cudnn"
+        if device_type == "cuda":
+            warnings.warn(f"resnet_fast: the cuDNN backend cannot serve cuda ({unavailable_reason('cudnn', 'cuda')}); "
+                          "using the Triton or reference backend")
+        wanted = "auto"  # cudnn serves CUDA only: other devices keep their automatic choice
     if wanted == "triton" or (wanted == "auto" and device_type == "cuda"):
         if _triton_supports(device_type):
             return "triton"
@@ -135,6 +153,9 @@ def unavailable_reason(name: str, device_type: str) -> str:
     if name == "triton":
         return ("triton needs a GPU of compute capability 8.0+, or TRITON_INTERPRET=1 set before triton is "
                 f"imported to run on CPU (TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')!r})")
+    if name == "cudnn":
+        return ("the cuDNN fused-graph backend needs a CUDA GPU of compute capability 8.0+ with triton, and "
+                "nvidia-cudnn-frontend (pip install 'resnet_fast[cudnn]')")
     return "available everywhere"
 
 

@@ -23,6 +23,32 @@ def test_choice(monkeypatch, wanted, triton_ok, native_ok, cuda, cpu):
     assert (_dispatch._choose("cuda"), _dispatch._choose("cpu")) == (cuda, cpu)
 
 
+@pytest.mark.parametrize("cudnn_ok,cuda", [(True, "cudnn"), (False, "triton")])
+def test_cudnn_only_when_asked_and_only_on_cuda(monkeypatch, cudnn_ok, cuda):
+    """The cuDNN fused-graph backend (never run on a GPU) is never automatic; asked for, it serves CUDA
+    where nvidia-cudnn-frontend imports (else a warning and the automatic choice), and CPU keeps its own."""
+    monkeypatch.setattr(_dispatch, "_triton_supports", lambda device_type: True)
+    monkeypatch.setattr(_dispatch, "_native_supports", lambda device_type: True)
+    monkeypatch.setattr(_dispatch, "_cudnn_supports", lambda device_type: cudnn_ok and device_type == "cuda")
+    monkeypatch.setenv("RESNET_FAST_BACKEND", "auto")
+    assert _dispatch._choose("cuda") == "triton"
+    monkeypatch.setenv("RESNET_FAST_BACKEND", "cudnn")
+    if cudnn_ok:
+        assert _dispatch._choose("cuda") == cuda
+    else:
+        with pytest.warns(UserWarning, match="cuDNN backend cannot serve cuda"):
+            assert _dispatch._choose("cuda") == cuda
+    assert _dispatch._choose("cpu") == "native"
+
+
+def test_cudnn_backend_refused_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine: the refusal is checked where no GPU is present")
+    with pytest.raises(RuntimeError, match="cuDNN fused-graph backend needs a CUDA GPU"):
+        with resnet_fast.use_backend("cudnn"):
+            pass
+
+
 def test_unavailable_request_warns_and_falls_back(monkeypatch):
     monkeypatch.setenv("RESNET_FAST_BACKEND", "triton")
     monkeypatch.setattr(_dispatch, "_triton_supports", lambda device_type: False)
@@ -31,7 +57,7 @@ def test_unavailable_request_warns_and_falls_back(monkeypatch):
 
 
 def test_bad_value(monkeypatch):
-    monkeypatch.setenv("RESNET_FAST_BACKEND", "cudnn")
+    monkeypatch.setenv("RESNET_FAST_BACKEND", "tensorrt")
     with pytest.raises(ValueError, match="RESNET_FAST_BACKEND"):
         _dispatch._choose("cpu")
 
@@ -45,8 +71,8 @@ def test_use_backend_switches_and_restores():
             assert _dispatch.backend_name("cpu") == "reference"
         assert _dispatch.backend_name("cpu") == "reference"
     assert _dispatch.backend_name("cpu") == before
-    with pytest.raises(ValueError, match="unknown resnet_fast backend 'cudnn'"):
-        with resnet_fast.use_backend("cudnn"):
+    with pytest.raises(ValueError, match="unknown resnet_fast backend 'tensorrt'"):
+        with resnet_fast.use_backend("tensorrt"):
             pass
     assert _dispatch.backend_name("cpu") == before
 
