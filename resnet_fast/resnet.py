@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv
 
-from .functional import Pending, StatsUpdate, apply_updates, clear_folded, conv_bn, is_fusable, materialize
-from .reference import memory_format_of
+from . import interop
+from .conventions import memory_format_of
+from .functional import Pending, StatsUpdate, clear_folded, conv_bn, is_fusable, materialize
 
 SHORTCUTS = ("A", "B", "C")
 
@@ -62,7 +63,9 @@ class _FusedBlock:
     """Shared forward of BasicBlock and Bottleneck: a chain of conv-BN-ReLU units and a block end.
 
     residual=False (an instance attribute set by `make_stage`) is the paper's "plain" block: the
-    last unit ends in BN -> ReLU with nothing added."""
+    last unit ends in BN -> ReLU with nothing added. When the block cannot or must not fuse
+    (resnet_fast.interop: other module types, hooks inside it, TorchScript / ONNX / torch.func) it runs
+    torchvision's forward, `tv_forward`."""
 
     residual = True
 
@@ -71,8 +74,12 @@ class _FusedBlock:
 
     def _fusable(self) -> bool:
         units = self._units()
-        return (type(self.relu) is nn.ReLU and all(is_fusable(c, b) for c, b in units)
-                and _downsample_pair(self.downsample) is not False)
+        ds = _downsample_pair(self.downsample)
+        inner = [m for unit in units for m in unit] + [self.relu]
+        if ds:
+            inner += [self.downsample, *ds]
+        return (type(self.relu) is nn.ReLU and all(is_fusable(c, b) for c, b in units) and ds is not False
+                and not interop.observed(inner))
 
     def _shortcut(self, x: Tensor, updates: List[StatsUpdate]) -> Optional[Pending]:
         if not self.residual:
@@ -83,8 +90,6 @@ class _FusedBlock:
         return Pending(x if self.downsample is None else self.downsample(x))
 
     def _forward_fused(self, x: Tensor, updates: List[StatsUpdate]) -> Tensor:
-        if not self._fusable():
-            return tv_forward(self, x)
         units = self._units()
         residual = self._shortcut(x, updates)
         a = Pending(x)
@@ -96,10 +101,35 @@ class _FusedBlock:
         return "" if self.residual else "residual=False"
 
     def forward(self, x: Tensor) -> Tensor:
-        updates: List[StatsUpdate] = []
+        if not (interop.fusion_allowed() and self._fusable()):
+            return tv_forward(self, x)
+        if interop.is_proxy(x):
+            return interop.fx_leaf(self, x)
+        updates = interop.collector()  # the enclosing model forward's transaction, or applied at once
         out = self._forward_fused(x, updates)
-        apply_updates(updates)
+        interop.flush(updates)
         return out
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """torch.jit.script scripts torchvision's block over the same modules (it runs unfused); a
+        subclass with its own forward is scripted as it is."""
+        return scriptable_block(self) if type(self).forward is _FusedBlock.forward else self
+
+
+def scriptable_block(block: nn.Module) -> nn.Module:
+    if not getattr(block, "residual", True) or type(block.downsample) is ZeroPadShortcut:
+        raise TypeError("torch.jit.script supports torchvision's blocks (shortcut='B', residual=True); script "
+                        "other variants with torch.jit.trace or torch.export instead")
+    return _rebind(block, tv.Bottleneck if isinstance(block, tv.Bottleneck) else tv.BasicBlock)
+
+
+def _rebind(module: nn.Module, cls: type) -> nn.Module:
+    """A new `cls` instance over the same parameters, buffers and children as `module`."""
+    new = cls.__new__(cls)
+    new.__dict__.update(module.__dict__)
+    for registry in ("_parameters", "_buffers", "_modules"):
+        new.__dict__[registry] = dict(module.__dict__[registry])
+    return new
 
 
 def tv_forward(block: nn.Module, x: Tensor) -> Tensor:
@@ -195,34 +225,71 @@ def make_stage(block: type, inplanes: int, planes: int, blocks: int, stride: int
 
 
 class _FusedNet:
-    """What ResNet and CifarResNet share: the activation layout, refolding on train()/eval(), and the
-    fused stem and stages.
+    """What ResNet and CifarResNet share: input checks, the activation layout, refolding on
+    train()/eval(), the fused stem and the running-statistics transaction around a forward.
 
     `memory_format` (default channels_last) is the layout activations run in; the input is
-    converted once, the result is the same."""
+    converted once, the result is the same. It is kept as a name, so a model pickles."""
 
-    memory_format = torch.channels_last
+    _memory_format = "channels_last"
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return getattr(torch, self._memory_format)
+
+    @memory_format.setter
+    def memory_format(self, fmt: torch.memory_format) -> None:
+        names = {torch.channels_last: "channels_last", torch.contiguous_format: "contiguous_format"}
+        if fmt not in names:
+            raise ValueError(f"memory_format must be torch.channels_last or torch.contiguous_format, got {fmt!r}")
+        self._memory_format = names[fmt]
 
     def train(self, mode: bool = True):
         clear_folded(self)
         return super().train(mode)
 
-    def _features(self, x: Tensor, pool: Optional[nn.Module], stages: Sequence[nn.Module]) -> Tensor:
-        """stages(pool(relu(bn1(conv1(x))))), every unit fused; running statistics updated at the end."""
-        _check_input(x, self)
-        x = x.contiguous(memory_format=self.memory_format)
-        updates: List[StatsUpdate] = []
-        if is_fusable(self.conv1, self.bn1) and type(self.relu) is nn.ReLU:
-            x = materialize(conv_bn(Pending(x), self.conv1, self.bn1, True, updates))
-        else:
-            x = self.relu(self.bn1(self.conv1(x)))
-        if pool is not None:
-            x = pool(x)
-        for layer in stages:
-            for block in layer:
-                x = block._forward_fused(x, updates) if isinstance(block, _FusedBlock) else block(x)
-        apply_updates(updates)
-        return x
+    def _prepare(self, x: Tensor) -> Tensor:
+        """The input checked and in the activation layout (left as it is where fusion is off: a vmapped
+        tensor cannot change layout, and exported / scripted graphs should be torchvision's)."""
+        if interop.is_proxy(x):
+            return x.contiguous(memory_format=self.memory_format)
+        if not torch.jit.is_tracing():  # (traced sizes are tensors: checking them would only warn)
+            _check_input(x, self)
+        return x.contiguous(memory_format=self.memory_format) if interop.fusion_allowed() else x
+
+    def _stem(self, x: Tensor) -> Tensor:
+        """relu(bn1(conv1(x))), one fused unit unless it must run as torchvision's modules. Under
+        torch.fx it is one call_function node named "relu" (torchvision's node of the same value)."""
+        if interop.is_proxy(x) and _stem_fusable(self.conv1, self.bn1, self.relu):
+            return interop.fx_function(stem_forward, x, (self.conv1, self.bn1, self.relu), "relu")
+        return stem_forward(x, self.conv1, self.bn1, self.relu)
+
+    def _transaction(self, run, x: Tensor) -> Tensor:
+        """run(x) with the running-statistics updates of every fused unit applied once it succeeded."""
+        x = self._prepare(x)
+        if interop.is_proxy(x):
+            return run(x)
+        updates = interop.begin()
+        try:
+            out = run(x)
+        finally:
+            interop.end(updates)
+        interop.commit(updates)
+        return out
+
+
+def _stem_fusable(conv: nn.Module, bn: nn.Module, relu: nn.Module) -> bool:
+    return is_fusable(conv, bn) and type(relu) is nn.ReLU and not interop.observed((conv, bn, relu))
+
+
+def stem_forward(x: Tensor, conv: nn.Module, bn: nn.Module, relu: nn.Module) -> Tensor:
+    """relu(bn(conv(x))): fused where allowed (resnet_fast.interop), else the modules' own forwards."""
+    if interop.is_proxy(x) or not (interop.fusion_allowed() and _stem_fusable(conv, bn, relu)):
+        return relu(bn(conv(x)))
+    updates = interop.collector()
+    out = materialize(conv_bn(Pending(x), conv, bn, True, updates))
+    interop.flush(updates)
+    return out
 
 
 class ResNet(_FusedNet, tv.ResNet):
@@ -262,7 +329,40 @@ class ResNet(_FusedNet, tv.ResNet):
         return layer
 
     def _forward_impl(self, x: Tensor) -> Tensor:
-        x = self._features(x, self.maxpool, (self.layer1, self.layer2, self.layer3, self.layer4))
+        return self._transaction(self._run, x)
+
+    def _run(self, x: Tensor) -> Tensor:
+        """torchvision's ResNet._forward_impl, every submodule called through its __call__."""
+        x = self._stem(x)
+        x = self.maxpool(x)
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        x = self.layer4(x)
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
         return self.fc(x)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """torch.jit.script scripts torchvision's ResNet over the same parameters and buffers (unfused)."""
+        return to_torchvision(self)
+
+
+def to_torchvision(model: "ResNet") -> tv.ResNet:
+    """A torchvision.models.ResNet (torchvision's classes and forward) sharing `model`'s parameters and
+    buffers: what torch.jit.script compiles; the inverse of from_torchvision. Containers are copied
+    (shallowly), so changes to the result's module tree leave `model`'s alone."""
+    if type(model)._forward_impl is not ResNet._forward_impl or type(model).forward is not tv.ResNet.forward:
+        raise TypeError(f"to_torchvision cannot convert {type(model).__name__}: it overrides ResNet's forward")
+    return _unfused_tree(model, tv.ResNet)
+
+
+def _unfused_tree(module: nn.Module, cls: Optional[type] = None) -> nn.Module:
+    if isinstance(module, _FusedBlock) and type(module).forward is _FusedBlock.forward:
+        return scriptable_block(module)
+    if not module._modules:
+        return module
+    new = _rebind(module, cls or type(module))
+    for name, child in module._modules.items():
+        new._modules[name] = None if child is None else _unfused_tree(child)
+    return new
