@@ -29,7 +29,7 @@ import threading
 from typing import List, Optional
 
 import torch
-from torch import Tensor, fx, nn
+from torch import fx, nn
 from torch.nn.modules import module as _module
 
 from .functional import StatsUpdate, apply_updates

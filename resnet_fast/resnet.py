@@ -5,50 +5,28 @@ and its order, zero_init_residual, groups / width_per_group, dilation, norm_laye
 only forward differs. A state_dict moves both ways unchanged, and isinstance checks against
 torchvision's classes keep working.
 
-Fused forward applies to blocks built from plain nn.Conv2d + nn.BatchNorm2d (torchvision's default);
-a block with any other norm layer or conv (e.g. a custom norm_layer, FrozenBatchNorm2d) runs
-torchvision's own, unfused forward. Forward hooks on the inner conv / bn modules do not fire on the
-fused path (they are parameter holders there).
+forward is torchvision's too, in structure: every submodule torchvision calls (stem modules aside,
+see resnet_fast.fused_net) is called through its __call__, so hooks, wrappers and replaced stages
+behave as in torchvision. A block fuses when it is built from plain nn.Conv2d + nn.BatchNorm2d
+(torchvision's default) and nothing observes its inner modules (resnet_fast.interop: hooks there,
+TorchScript, ONNX export, torch.func make it run torchvision's own, unfused forward); a block with
+any other norm layer or conv (a custom norm_layer, FrozenBatchNorm2d) runs unfused too.
 
 The seed paper's shortcut options (He et al. 2015, section 4.1) are constructor arguments:
 `shortcut="B"` (the default) is torchvision's model exactly; `"A"` and `"C"` and the "plain" nets
 (`residual=False`) change the module tree as described in `ResNet`.
 """
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv
 
 from . import interop
-from .conventions import memory_format_of
-from .functional import Pending, StatsUpdate, clear_folded, conv_bn, is_fusable, materialize
-
-SHORTCUTS = ("A", "B", "C")
-
-
-class ZeroPadShortcut(nn.Module):
-    """Option A shortcut: x[:, :, ::stride, ::stride] with `extra` zero channels appended; no parameters.
-
-    (N, C, H, W) -> (N, C + extra, ceil(H/stride), ceil(W/stride)), the block's output shape: a 3x3
-    conv with padding 1 (or 1x1, padding 0) and this stride samples the same positions."""
-
-    def __init__(self, stride: int, extra: int) -> None:
-        super().__init__()
-        if stride < 1 or extra < 0:
-            raise ValueError(f"ZeroPadShortcut needs stride >= 1 and extra >= 0 channels, got stride={stride}, "
-                             f"extra={extra} (option A cannot reduce channels)")
-        self.stride, self.extra = stride, extra
-
-    def forward(self, x: Tensor) -> Tensor:
-        s = self.stride
-        out = F.pad(x[:, :, ::s, ::s], (0, 0, 0, 0, 0, self.extra))
-        return out.contiguous(memory_format=memory_format_of(x))
-
-    def extra_repr(self) -> str:
-        return f"stride={self.stride}, extra={self.extra}"
+from .functional import Pending, StatsUpdate, conv_bn, is_fusable, materialize
+from .fused_net import _FusedNet, _check_input, stem_forward  # noqa: F401  (part of this module's API)
+from .shortcuts import SHORTCUTS, ZeroPadShortcut, check_shortcut, make_shortcut  # noqa: F401
 
 
 def _downsample_pair(ds: Optional[nn.Module]):
@@ -156,56 +134,6 @@ class Bottleneck(_FusedBlock, tv.Bottleneck):
         return [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)]
 
 
-def _check_input(x: Tensor, model: "ResNet") -> None:
-    w = model.conv1.weight
-    if not isinstance(x, Tensor):
-        raise TypeError(f"ResNet input must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"ResNet input must be 4-D (N, C, H, W), got {x.dim()}-D shape {tuple(x.shape)}")
-    if x.shape[1] != w.shape[1]:
-        raise ValueError(f"ResNet input must have {w.shape[1]} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"ResNet input must be floating point, got {x.dtype}")
-    if x.device != w.device:
-        raise RuntimeError(f"ResNet input is on {x.device} but the model is on {w.device}")
-    if x.dtype != w.dtype:
-        raise TypeError(f"ResNet input dtype {x.dtype} differs from the model's {w.dtype}; "
-                        f"use model.to({x.dtype}) or x.to({w.dtype})")
-    if x.shape[0] == 0 and model.training:
-        raise ValueError("ResNet input is an empty batch: batch statistics of zero samples are undefined in "
-                         "training mode")
-
-
-def check_shortcut(shortcut: Optional[str], residual: bool, default: str, zero_init_residual: bool = False
-                   ) -> Optional[str]:
-    """The shortcut option a net is built with: `default` when unset, None for a plain net."""
-    if not isinstance(residual, bool):
-        raise TypeError(f"residual must be True or False, got {residual!r}")
-    if not residual:
-        if shortcut is not None:
-            raise ValueError(f"a plain net (residual=False) has no shortcut; got shortcut={shortcut!r}, leave it unset")
-        if zero_init_residual:
-            raise ValueError("zero_init_residual=True with residual=False would zero every block's output "
-                             "(each plain block ends in its last BatchNorm)")
-        return None
-    shortcut = default if shortcut is None else shortcut
-    if not isinstance(shortcut, str) or shortcut not in SHORTCUTS:
-        raise ValueError(f"shortcut must be one of {', '.join(map(repr, SHORTCUTS))}, got {shortcut!r}")
-    return shortcut
-
-
-def make_shortcut(shortcut: Optional[str], inplanes: int, outplanes: int, stride: int,
-                  norm_layer: Callable[[int], nn.Module]) -> Optional[nn.Module]:
-    """A block's `downsample`: B projects (1x1 conv + BN) where the shape changes, C on every block,
-    A zero-pads where the shape changes; None is the identity (or no shortcut, in a plain net)."""
-    changes = stride != 1 or inplanes != outplanes
-    if shortcut == "C" or (shortcut == "B" and changes):
-        return nn.Sequential(tv.conv1x1(inplanes, outplanes, stride), norm_layer(outplanes))
-    if shortcut == "A" and changes:
-        return ZeroPadShortcut(stride, outplanes - inplanes)
-    return None
-
-
 def make_stage(block: type, inplanes: int, planes: int, blocks: int, stride: int, shortcut: Optional[str],
                norm_layer: Callable[[int], nn.Module], groups: int = 1, base_width: int = 64, dilation: int = 1,
                first_dilation: int = 1) -> nn.Sequential:
@@ -222,74 +150,6 @@ def make_stage(block: type, inplanes: int, planes: int, blocks: int, stride: int
             b.residual = False
         layers.append(b)
     return nn.Sequential(*layers)
-
-
-class _FusedNet:
-    """What ResNet and CifarResNet share: input checks, the activation layout, refolding on
-    train()/eval(), the fused stem and the running-statistics transaction around a forward.
-
-    `memory_format` (default channels_last) is the layout activations run in; the input is
-    converted once, the result is the same. It is kept as a name, so a model pickles."""
-
-    _memory_format = "channels_last"
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return getattr(torch, self._memory_format)
-
-    @memory_format.setter
-    def memory_format(self, fmt: torch.memory_format) -> None:
-        names = {torch.channels_last: "channels_last", torch.contiguous_format: "contiguous_format"}
-        if fmt not in names:
-            raise ValueError(f"memory_format must be torch.channels_last or torch.contiguous_format, got {fmt!r}")
-        self._memory_format = names[fmt]
-
-    def train(self, mode: bool = True):
-        clear_folded(self)
-        return super().train(mode)
-
-    def _prepare(self, x: Tensor) -> Tensor:
-        """The input checked and in the activation layout (left as it is where fusion is off: a vmapped
-        tensor cannot change layout, and exported / scripted graphs should be torchvision's)."""
-        if interop.is_proxy(x):
-            return x.contiguous(memory_format=self.memory_format)
-        if not torch.jit.is_tracing():  # (traced sizes are tensors: checking them would only warn)
-            _check_input(x, self)
-        return x.contiguous(memory_format=self.memory_format) if interop.fusion_allowed() else x
-
-    def _stem(self, x: Tensor) -> Tensor:
-        """relu(bn1(conv1(x))), one fused unit unless it must run as torchvision's modules. Under
-        torch.fx it is one call_function node named "relu" (torchvision's node of the same value)."""
-        if interop.is_proxy(x) and _stem_fusable(self.conv1, self.bn1, self.relu):
-            return interop.fx_function(stem_forward, x, (self.conv1, self.bn1, self.relu), "relu")
-        return stem_forward(x, self.conv1, self.bn1, self.relu)
-
-    def _transaction(self, run, x: Tensor) -> Tensor:
-        """run(x) with the running-statistics updates of every fused unit applied once it succeeded."""
-        x = self._prepare(x)
-        if interop.is_proxy(x):
-            return run(x)
-        updates = interop.begin()
-        try:
-            out = run(x)
-        finally:
-            interop.end(updates)
-        interop.commit(updates)
-        return out
-
-
-def _stem_fusable(conv: nn.Module, bn: nn.Module, relu: nn.Module) -> bool:
-    return is_fusable(conv, bn) and type(relu) is nn.ReLU and not interop.observed((conv, bn, relu))
-
-
-def stem_forward(x: Tensor, conv: nn.Module, bn: nn.Module, relu: nn.Module) -> Tensor:
-    """relu(bn(conv(x))): fused where allowed (resnet_fast.interop), else the modules' own forwards."""
-    if interop.is_proxy(x) or not (interop.fusion_allowed() and _stem_fusable(conv, bn, relu)):
-        return relu(bn(conv(x)))
-    updates = interop.collector()
-    out = materialize(conv_bn(Pending(x), conv, bn, True, updates))
-    interop.flush(updates)
-    return out
 
 
 class ResNet(_FusedNet, tv.ResNet):

@@ -40,8 +40,7 @@ HOOKED = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2.0", "layer2.0.con
           "layer2.0.relu", "layer2.0.downsample", "layer2.0.downsample.1", "layer3", "layer4", "avgpool", "fc"]
 
 
-@pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("kind", ["forward", "pre"])
+@pytest.mark.parametrize("mode,kind", [("train", "forward"), ("eval", "pre")])
 def test_hooks_fire_with_torchvision_tensors(mode, kind):
     """Forward hooks and pre-hooks on the stem, blocks, their inner modules and stages: same calls
     in the same order with the same tensors; gradients and running statistics still match."""

@@ -119,7 +119,7 @@ def test_jit_trace_default_check(mode):
 def test_jit_script_is_torchvision_over_shared_parameters():
     """torch.jit.script compiles torchvision's (unfused) ResNet over the model's own parameters:
     the model itself is unchanged, the scripted one follows its parameter updates, saves and loads."""
-    a, b = pair()
+    a, b = small_pair()
     a.eval(), b.eval()
     sm = torch.jit.script(b)
     assert type(b.layer1[0]) is resnet_fast.BasicBlock  # scripting did not alter the model
