@@ -4,6 +4,7 @@ Environment switches:
   RESNET_FAST_SKIP_BUILD=1   build nothing native; the package then runs on its plain-PyTorch backend.
   RESNET_FAST_SKIP_CUDA=1    build the C++ CPU kernels only, even where CUDA is available.
   RESNET_FAST_CUDA_ARCHS     CUDA architectures, e.g. "8.0;9.0" (the default: Ampere and Hopper).
+  RESNET_FAST_DEBUG=1        a debug build: -O0 -g (host), -G -g (device), assertions kept.
   MAX_JOBS                   parallel compile jobs (ninja).
 CUDA sources are compiled when torch is a CUDA build and a CUDA toolkit is found (CUDA_HOME, or
 /usr/local/cuda when that holds nvcc).
@@ -38,12 +39,13 @@ def _native_extensions():
         and cpp_extension.CUDA_HOME is not None
         and bool(cuda_sources)
     )
-    cxx = ["-O3"]  # the C++ standard is the one this torch build asks for
+    debug = _flag("RESNET_FAST_DEBUG")
+    cxx = ["-O0", "-g", "-UNDEBUG"] if debug else ["-O3"]  # the C++ standard is the one this torch build asks for
     extra = {"cxx": cxx}
     if with_cuda:
         archs = os.environ.get("RESNET_FAST_CUDA_ARCHS", "8.0;9.0")
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
-        extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
+        extra["nvcc"] = (["-O0", "-g", "-G", "-UNDEBUG"] if debug else ["-O3"]) + ["--expt-relaxed-constexpr"]
         ext = cpp_extension.CUDAExtension("resnet_fast._C", sources + cuda_sources, extra_compile_args=extra,
                                           py_limited_api=False)
     else:

@@ -21,11 +21,9 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
-
-import resnet_fast
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -86,10 +84,6 @@ def environment() -> Dict[str, object]:
         "date": datetime.date.today().isoformat(),
         "bench_set": BENCH_SET,
     }
-
-
-def backend_summary() -> Dict[str, object]:
-    return resnet_fast.backend_info()
 
 
 def cache_bytes() -> int:
@@ -187,23 +181,32 @@ def peak_memory() -> Optional[int]:
     return torch.cuda.max_memory_allocated() if CUDA else None
 
 
-# Medians seen so far in this session, per (case, impl): the baselines' are timed first (their
-# parametrization comes first), so each later implementation can report its speedup over them.
-_seen: Dict[tuple, Dict[str, object]] = {}
-
-
 def compare(benchmark, case: tuple, impl: str, median: float, baselines=("torchvision", "compile"),
             memory: Optional[int] = None) -> None:
-    """extra_info: speedup_vs_<baseline> (baseline median / this median) for each baseline already
-    timed on this case, and peak memory and its ratio to the first baseline's."""
-    _seen[(case, impl)] = {"median": median, "memory": memory}
+    """Records what add_speedups needs: the case, the implementation, its median and peak memory."""
     info = benchmark.extra_info
-    for base in baselines:
-        seen = _seen.get((case, base))
-        if seen is not None and median == median:
-            info[f"speedup_vs_{base}"] = seen["median"] / median
+    info.update(case=repr(case), impl=impl, median_s=median, baselines=list(baselines))
     if memory is not None:
         info["peak_memory_bytes"] = memory
-        seen = _seen.get((case, baselines[0]))
-        if seen is not None and seen["memory"]:
-            info[f"memory_vs_{baselines[0]}"] = memory / seen["memory"]
+
+
+def add_speedups(entries: List[Dict[str, object]]) -> None:
+    """extra_info speedup_vs_<baseline> (baseline median / this median) for every baseline timed on the
+    same case, and memory_vs_<first baseline>, once all cases have run: independent of their order."""
+    medians, memories = {}, {}
+    for e in entries:
+        info = e.get("extra_info", {})
+        if "case" in info:
+            medians[(info["case"], info["impl"])] = info["median_s"]
+            memories[(info["case"], info["impl"])] = info.get("peak_memory_bytes")
+    for e in entries:
+        info = e.get("extra_info", {})
+        if "case" not in info or info["median_s"] != info["median_s"]:
+            continue
+        for base in info["baselines"]:
+            seen = medians.get((info["case"], base))
+            if seen is not None:
+                info[f"speedup_vs_{base}"] = seen / info["median_s"]
+        first = memories.get((info["case"], info["baselines"][0]))
+        if info.get("peak_memory_bytes") is not None and first:
+            info[f"memory_vs_{info['baselines'][0]}"] = info["peak_memory_bytes"] / first

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 import harness
 from harness import DEVICE, DTYPE, OP_BATCH
-from resnet_fast import _dispatch, ops
+import resnet_fast
+from resnet_fast import ops
 
 EPS = 1e-5
 N = OP_BATCH
@@ -53,10 +54,6 @@ def vec(c: int, low: float = -1.0, high: float = 1.0) -> torch.Tensor:
 def weight(cout: int, cin: int, k: int) -> torch.Tensor:
     w = torch.randn(cout, cin, k, k, device=DEVICE, dtype=DTYPE) / (cin * k * k) ** 0.5
     return w.contiguous(memory_format=torch.channels_last)
-
-
-def nbytes(*ts) -> int:
-    return sum(t.numel() * t.element_size() for t in ts)
 
 
 def conv_bn_stats(cin, cout, hw, k, stride, impl) -> Spec:
@@ -154,12 +151,20 @@ CASES = [pytest.param(op, layer, build, direction, impl, id=f"{op}-{layer.split(
          for op, layer, build in LAYERS for direction in ("forward", "backward") for impl in _impls(op)]
 
 
-@pytest.mark.parametrize("op,layer,build,direction,impl", CASES)
-def test_op(benchmark, monkeypatch, op, layer, build, direction, impl):
+@pytest.fixture
+def implementation(monkeypatch, impl):
+    """The backend (through the public switch) and conv strategy behind an impl name."""
     variant = VARIANTS.get(impl)
-    if variant is not None:
-        monkeypatch.setitem(_dispatch._chosen, DEVICE.type, variant[0])
-        monkeypatch.setenv("RESNET_FAST_CONV", variant[1])
+    if variant is None:
+        yield impl
+        return
+    monkeypatch.setenv("RESNET_FAST_CONV", variant[1])
+    with resnet_fast.use_backend(variant[0], [DEVICE.type]):
+        yield impl
+
+
+@pytest.mark.parametrize("op,layer,build,direction,impl", CASES)
+def test_op(benchmark, implementation, op, layer, build, direction, impl):
     spec = build(impl)
     sets = [spec.make() for _ in range(harness.rotation(spec.set_bytes))]
     if direction == "forward":

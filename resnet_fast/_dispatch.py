@@ -1,29 +1,32 @@
-"""The one place that decides which backend serves each resnet_fast op on each device.
+"""The one place that decides which backend serves the resnet_fast ops on each device type.
 
-Backends (each a module with functions named after the ops it implements):
-  reference  resnet_fast/reference.py: plain PyTorch, every op, every device;
-  native     resnet_fast/backends/native.py: the C++ (CPU) / CUDA C++ kernels of resnet_fast._C for
-             the memory-bound parts, aten for the convolution itself;
-  triton     resnet_fast/backends/gpu: Triton kernels (implicit-GEMM conv with the BN prologue and
-             statistics / bias-residual-ReLU epilogues, BN apply and backward passes).
-An op a backend does not implement falls back to the reference.
+Backends are declared in resnet_fast/backends/__init__.py (what each implements, where it runs):
+  reference  plain PyTorch primitives (resnet_fast/backends/eager.py), every device;
+  native     the C++ (CPU) / CUDA C++ kernels of resnet_fast._C for the memory-bound parts, aten for the
+             convolution, oneDNN's fused conv for eval on CPU (resnet_fast/backends/native.py);
+  triton     Triton kernels (resnet_fast/backends/triton): implicit-GEMM conv with the BN prologue and
+             statistics / bias-residual-ReLU epilogues, BN apply and backward passes.
+Every op a backend does not override runs its composite over that backend's primitives; nothing falls
+back silently to another backend.
 
-Choice, per device type, made on first use unless RESNET_FAST_BACKEND overrides it:
+Choice, per device type, made on first use unless RESNET_FAST_BACKEND or use_backend overrides it:
   cpu   native when resnet_fast._C loaded, else reference (triton only when asked for and
         TRITON_INTERPRET=1: the interpreter, for tests);
   cuda  triton when triton imports and the GPU is sm_80 or newer, else reference. The CUDA C++
         kernels (native) compile in CI but have not yet run on a GPU: they serve only when asked for.
   other reference.
-RESNET_FAST_BACKEND=reference|native|triton|auto (default auto).
+RESNET_FAST_BACKEND=reference|native|triton|auto (default auto); an unavailable request warns and
+takes the reference. resnet_fast.use_backend(name) forces one in a `with` block, and raises instead.
 """
 
+import contextlib
 import os
 import warnings
-from typing import Callable, Dict
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 
-from . import reference
+from . import backends
 
 try:
     from . import _C  # noqa: F401  (registers torch.ops.resnet_fast_C)
@@ -32,7 +35,7 @@ try:
 except ImportError as e:  # built with RESNET_FAST_SKIP_BUILD=1, or not built at all
     _NATIVE_ERROR = f"{type(e).__name__}: {e}"
 
-_BACKENDS = ("reference", "native", "triton")
+_BACKENDS = tuple(backends.BACKENDS)
 
 
 def _triton_supports(device_type: str) -> bool:
@@ -46,10 +49,21 @@ def _triton_supports(device_type: str) -> bool:
 
 
 def _native_supports(device_type: str) -> bool:
-    if _NATIVE_ERROR is not None:
+    if _NATIVE_ERROR is not None or device_type not in ("cpu", "cuda"):
         return False
     return torch._C._dispatch_has_kernel_for_dispatch_key("resnet_fast_C::channel_stats",
                                                           "CPU" if device_type == "cpu" else "CUDA")
+
+
+def available(name: str, device_type: str) -> bool:
+    """Whether backend `name` can serve tensors of `device_type` in this process."""
+    if name not in backends.BACKENDS:
+        raise ValueError(f"unknown resnet_fast backend {name!r}; known: {', '.join(_BACKENDS)}")
+    if name == "native":
+        return _native_supports(device_type)
+    if name == "triton":
+        return _triton_supports(device_type)
+    return True
 
 
 def _choose(device_type: str) -> str:
@@ -73,43 +87,88 @@ def _choose(device_type: str) -> str:
     return "native"
 
 
-_chosen: Dict[str, str] = {}
+_auto: Dict[str, str] = {}     # device type -> the choice above, made once
+_forced: Dict[str, str] = {}   # device type -> backend, inside use_backend
+_loaded: Dict[str, Tuple[Dict[str, Callable], Dict[str, Callable]]] = {}
 
 
 def backend_name(device_type: str) -> str:
-    if device_type not in _chosen:
-        _chosen[device_type] = _choose(device_type)
-    return _chosen[device_type]
+    """The backend serving `device_type` now."""
+    if device_type in _forced:
+        return _forced[device_type]
+    if device_type not in _auto:
+        _auto[device_type] = _choose(device_type)
+    return _auto[device_type]
 
 
-def _module(name: str):
+@contextlib.contextmanager
+def use_backend(name: str, devices: Optional[Sequence[str]] = None) -> Iterator[None]:
+    """Within the block, backend `name` serves the ops on `devices` (default: every device type it can
+    serve here). Raises ValueError for an unknown name and RuntimeError where it cannot serve a device
+    given explicitly (e.g. triton on cpu without TRITON_INTERPRET=1), before anything changes."""
+    if name not in backends.BACKENDS:
+        raise ValueError(f"unknown resnet_fast backend {name!r}; known: {', '.join(_BACKENDS)}")
+    if devices is None:
+        devices = [d for d in ("cpu", "cuda") if available(name, d)]
+    else:
+        devices = [torch.device(d).type for d in devices]
+        missing = [d for d in devices if not available(name, d)]
+        if missing:
+            raise RuntimeError(f"the {name} backend cannot serve {', '.join(missing)} here: "
+                               f"{unavailable_reason(name, missing[0])}")
+    _table(name)  # load (and check) it now, not half way through a model
+    saved = dict(_forced)
+    _forced.update({d: name for d in devices})
+    try:
+        yield
+    finally:
+        _forced.clear()
+        _forced.update(saved)
+
+
+def unavailable_reason(name: str, device_type: str) -> str:
     if name == "native":
-        from .backends import native
-
-        return native
+        return _NATIVE_ERROR or f"resnet_fast._C was built without {device_type} kernels"
     if name == "triton":
-        from .backends import gpu
+        return ("triton needs a GPU of compute capability 8.0+, or TRITON_INTERPRET=1 set before triton is "
+                f"imported to run on CPU (TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')!r})")
+    return "available everywhere"
 
-        return gpu
-    return reference
+
+def _table(name: str):
+    if name not in _loaded:
+        _loaded[name] = backends.load(name)
+    return _loaded[name]
 
 
 def kernel(op: str, like: torch.Tensor) -> Callable:
-    """The implementation of `op` for tensors on like.device."""
-    impl = getattr(_module(backend_name(like.device.type)), op, None)
-    return impl if impl is not None else getattr(reference, op)
+    """The implementation of `op` for tensors on like.device (KeyError for a name that is not an op)."""
+    return _table(backend_name(like.device.type))[0][op]
+
+
+def prepares_conv_weights(device_type: str) -> bool:
+    """Whether the backend serving device_type declares a prepare_conv_weight hook."""
+    return "prepare_conv_weight" in backends.BACKENDS[backend_name(device_type)].hooks
+
+
+def prepare_conv_weight(weight: torch.Tensor, input_shape: Sequence[int], stride, padding, dilation,
+                        groups: int) -> torch.Tensor:
+    """The folded weight in the form conv_bias_act runs fastest with on this backend, for inputs of
+    input_shape (the backend's prepare_conv_weight hook; the weight itself by default)."""
+    hooks = _table(backend_name(weight.device.type))[1]
+    return hooks["prepare_conv_weight"](weight, input_shape, stride, padding, dilation, groups)
 
 
 def backend_info() -> Dict[str, object]:
     """Which backend serves each op, per device type, and whether the native extension loaded."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    ops = ["conv_bn_stats", "conv_bn_stats_backward", "bn_finalize", "update_running_stats", "bn_act",
-           "bn_act_backward", "conv_bias_act", "conv_bias_act_backward"]
     info: Dict[str, object] = {"native_extension": _NATIVE_ERROR or "loaded",
                                "native_cuda_kernels": _native_supports("cuda"),
                                "triton_interpreter": os.environ.get("TRITON_INTERPRET") == "1"}
     for dev in devices:
         name = backend_name(dev)
-        mod = _module(name)
-        info[dev] = {op: (name if hasattr(mod, op) else "reference") for op in ops}
+        decl = backends.BACKENDS[name]
+        info[dev] = {op: name for op in backends.OPS}
+        info[f"{dev}_fused_overrides"] = sorted(decl.overrides)
+    info["undispatched"] = "bn_finalize, update_running_stats: resnet_fast.bn_math on every device"
     return info

@@ -1,8 +1,9 @@
 """Conventions every backend shares (reference, native C++/CUDA, Triton): the layout an op's outputs
-take, the dtype of per-channel vectors, and aten's convolution backward in those terms. Backends
-import these from here, never from each other."""
+take, the dtype of per-channel vectors, and aten's convolution forward and backward, which every
+backend uses as its `conv` / `conv_backward` primitives today. Backends import these from here,
+never from each other."""
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -18,6 +19,13 @@ def memory_format_of(x: Tensor) -> torch.memory_format:
 def stat_dtype(dtype: torch.dtype) -> torch.dtype:
     """dtype of per-channel statistics and scale/shift for activations of `dtype`."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def aten_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
+              dilation: Sequence[int], groups: int) -> Tensor:
+    """aten's convolution (cuDNN / oneDNN / native); the caller fixes the output's layout."""
+    return torch.ops.aten.convolution(x, weight, bias, list(stride), list(padding), list(dilation), False, [0, 0],
+                                      groups)
 
 
 def conv_backward(dy: Tensor, x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int],

@@ -19,7 +19,7 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import ops, reference, sync_bn
+from . import bn_math, conventions, ops, sync_bn
 
 _FOLD_ATTR = "_resnet_fast_folded"
 
@@ -79,7 +79,7 @@ def folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, like: Tensor) -> Tuple[Tensor, T
 
     Cached on the conv while nothing it depends on changes (data pointer and version counter of
     every tensor involved); recomputed, differentiably, whenever autograd needs it."""
-    fmt = reference.memory_format_of(like)
+    fmt = conventions.memory_format_of(like)
     tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors[:3])
     # Under torch.compile or CUDA-graph capture the fold must be part of what is traced / recorded:
@@ -88,14 +88,14 @@ def folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, like: Tensor) -> Tuple[Tensor, T
     # records the fold on every call too, so that every trace of the model is the same graph.
     if torch.compiler.is_compiling() or needs_grad or torch.jit.is_tracing() or (
             like.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-        w, b = reference.fold_bn(conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+        w, b = bn_math.fold_bn(conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
         return w.contiguous(memory_format=fmt), b
     key = (tuple(None if t is None else (t.data_ptr(), t._version, t.device) for t in tensors), bn.eps, fmt)
     cached = conv.__dict__.get(_FOLD_ATTR)
     if cached is not None and cached.key == key:
         return cached.weight, cached.bias
     with torch.no_grad():
-        w, b = reference.fold_bn(conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+        w, b = bn_math.fold_bn(conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
         w = w.contiguous(memory_format=fmt)
     conv.__dict__[_FOLD_ATTR] = _FoldCache(key, w, b)
     return w, b
@@ -119,7 +119,7 @@ def conv_bn(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, updates
         w, b = folded(conv, bn, x)
         res = _cast(materialize(residual), x.dtype) if residual is not None else None
         # The folded shift stays in float32 under autocast (eager applies BatchNorm in float32 too).
-        w, b = _cast(w, x.dtype), _cast(b, reference.stat_dtype(x.dtype) if cast is not None else x.dtype)
+        w, b = _cast(w, x.dtype), _cast(b, conventions.stat_dtype(x.dtype) if cast is not None else x.dtype)
         return Pending(ops.conv_bias_act(x, w, b, res, relu, stride, padding, dilation, groups))
     x = _cast(a.y, cast)
     y, mean, var = ops.conv_bn_stats(x, a.mean, a.scale, a.bias, a.relu, _cast(conv.weight, x.dtype), stride, padding,

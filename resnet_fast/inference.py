@@ -6,12 +6,12 @@
 Once, at construction:
   * every conv -> BatchNorm pair becomes one conv with the BatchNorm folded in from its running
     statistics, W' = W * gamma/sqrt(rv + eps) per output channel, b' = beta - rm * gamma/sqrt(rv + eps)
-    (reference.fold_bn: float64 math), then cast to `dtype` and laid out channels_last;
+    (bn_math.fold_bn: float64 math), then cast to `dtype` and laid out channels_last;
   * each runs as ops.conv_bias_act, bias + residual add + ReLU in the conv's epilogue; fc's weight is
     cast to `dtype` as well. Nothing is folded or cast per call.
-  * CPU float32 on the native backend (oneDNN conv + post-ops): each folded weight is also reordered
-    once, at its first call, into oneDNN's blocked layout (as Inductor's CPU freezing does), instead of
-    oneDNN reordering it on every call; the layout is a performance hint, valid for any input shape.
+  * where the backend has a weight-preparation hook (the native backend on CPU: float32 weights
+    reordered into oneDNN's blocked layout, which oneDNN would otherwise redo on every call), each
+    folded weight is prepared once, at its first call.
 Per call the input is copied once into `dtype`, channels_last. On CUDA with cuda_graph=True the whole
 forward is captured as a CUDA graph at the first call with a new input shape (after warm-up runs on a
 side stream, which also keep Triton autotuning out of the capture) and replayed afterwards. The first
@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet as tv
 from torchvision.ops import FrozenBatchNorm2d
 
-from . import _dispatch, ops, reference
+from . import _dispatch, bn_math, ops
 from .builders import from_torchvision
 from .cifar import CifarResNet
 from .resnet import BasicBlock, Bottleneck, ResNet
@@ -48,14 +48,6 @@ __all__ = ["optimize_for_inference", "InferenceResNet"]
 
 _WARMUP_RUNS = 2
 _BATCHNORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, SyncBatchNorm2d)
-_REORDER = getattr(torch.ops.mkldnn, "_reorder_convolution_weight", None)
-
-
-def _can_prepack(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether conv_bias_act runs oneDNN's fused convolution here (the native CPU backend, float32),
-    which takes a weight already in oneDNN's blocked layout."""
-    return (device.type == "cpu" and dtype == torch.float32 and _REORDER is not None
-            and torch.backends.mkldnn.is_available() and _dispatch.backend_name("cpu") == "native")
 
 
 class _Frozen:
@@ -90,7 +82,7 @@ class _FoldedConv(_Frozen):
         w = conv.weight
         self.weight = torch.empty(w.shape, dtype=dtype, device=self.device, memory_format=torch.channels_last)
         self.bias = torch.empty(w.shape[0], dtype=dtype, device=self.device)
-        self.prepack, self._packed = _can_prepack(self.device, dtype), None
+        self.prepack, self._packed = _dispatch.prepares_conv_weights(self.device.type), None
         self.refold()
 
     def sources(self) -> List[Tensor]:
@@ -102,7 +94,7 @@ class _FoldedConv(_Frozen):
 
     def _fill(self) -> None:
         bn = self.bn
-        w, b = reference.fold_bn(self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+        w, b = bn_math.fold_bn(self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
         self.weight.copy_(w)
         self.bias.copy_(b)
         self._packed = None
@@ -111,8 +103,7 @@ class _FoldedConv(_Frozen):
         w = self.weight
         if self.prepack:
             if self._packed is None:
-                stride, padding, dilation, groups = self.args
-                self._packed = _REORDER(w.contiguous(), padding, stride, dilation, groups, list(x.shape))
+                self._packed = _dispatch.prepare_conv_weight(w, list(x.shape), *self.args)
             w = self._packed
         return ops.conv_bias_act(x, w, self.bias, residual, relu, *self.args)
 

@@ -1,18 +1,21 @@
 """Every op of torch.ops.resnet_fast: schema, input checks, fake kernel and autograd, in one file.
 
-The op set follows the fusion plan (shared DESIGN.md): a conv -> BatchNorm -> ReLU unit in
-training mode is
+A conv -> BatchNorm -> ReLU unit in training mode is
     y, mean, var = conv_bn_stats(x, prev_mean, prev_scale, prev_bias, prev_relu, W)  # conv + stats epilogue
     scale = bn_finalize(var, gamma, eps)                                              # per-channel, tiny
     update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, count, momentum)
 and the normalized activation act((y - mean)*scale + beta) is never written: the next conv_bn_stats
 applies it to its operand as a prologue, or the block end applies it once with the residual:
     out = bn_act(y3, m3, s3, b3, residual, [res_mean, res_scale, res_bias], relu=True)   # dual BN
-In eval mode BatchNorm is folded into the conv (reference.fold_bn) and a conv runs as
+In eval mode BatchNorm is folded into the conv (bn_math.fold_bn) and a conv runs as
     out = conv_bias_act(x, W', b', residual, relu).
 Backward pieces (conv_bn_stats_backward, bn_act_backward, conv_bias_act_backward) are ops
 too, so a backend can fuse them; gradients that autograd does not need are not computed.
-Which kernel serves an op on which device is decided in resnet_fast/_dispatch.py only.
+
+The six activation ops dispatch (resnet_fast/_dispatch.py picks the backend per device; the op's
+composite over that backend's primitives, or the backend's override, serves it). bn_finalize and
+update_running_stats act on (C,) vectors only: they run resnet_fast/bn_math.py's plain-PyTorch code on
+every device, with no dispatch, and bn_finalize's backward is bn_math.finalize_backward.
 """
 
 import contextlib
@@ -21,8 +24,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from . import _dispatch
-from .reference import memory_format_of, stat_dtype
+from . import _dispatch, bn_math
+from .conventions import memory_format_of, stat_dtype
 
 __all__ = [
     "conv_bn_stats", "conv_bn_stats_backward", "bn_finalize", "update_running_stats",
@@ -176,7 +179,7 @@ def _fake_grads(likes, output_mask):
 def bn_finalize(var: Tensor, weight: Optional[Tensor], eps: float) -> Tensor:
     """scale = weight / sqrt(var + eps) (weight 1 when None): the BatchNorm's per-channel multiplier."""
     _check_finalize(var, weight)
-    return _dispatch.kernel("bn_finalize", var)(var, weight, eps)
+    return bn_math.finalize(var, weight, eps)
 
 
 def _check_finalize(var, weight):
@@ -197,12 +200,8 @@ def _bn_finalize_setup(ctx, inputs, output):
 
 
 def _bn_finalize_bwd(ctx, grad_scale):
-    # scale = w * (var + eps)^-1/2: per-channel, plain torch.
     var, weight = ctx.saved_tensors
-    invstd = torch.rsqrt(var + ctx.eps)
-    g_invstd = grad_scale * weight.to(var.dtype) if weight is not None else grad_scale
-    d_var = g_invstd * (-0.5) * invstd * invstd * invstd
-    d_w = (grad_scale * invstd).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+    d_var, d_w = bn_math.finalize_backward(grad_scale, var, weight, ctx.eps, ctx.needs_input_grad[1])
     return d_var, d_w, None
 
 
@@ -220,8 +219,7 @@ def update_running_stats(running_mean: Tensor, running_var: Tensor, num_batches_
     move by momentum (or 1/num_batches_tracked when momentum is None) toward mean and the unbiased
     var * count/(count-1). Runs on the device, no host synchronization."""
     _check_update(running_mean, running_var, num_batches_tracked, mean, var, count, momentum)
-    _dispatch.kernel("update_running_stats", mean)(running_mean, running_var, num_batches_tracked, mean, var,
-                                                   count, momentum)
+    bn_math.update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, count, momentum)
 
 
 def _check_update(running_mean, running_var, num_batches_tracked, mean, var, count, momentum):

@@ -1,1 +1,128 @@
-"""Kernel backends for resnet_fast's ops; resnet_fast/_dispatch.py picks among them."""
+"""The backend registry: what each backend implements and where it runs (resnet_fast/_dispatch.py picks).
+
+Every backend supplies the primitive contract, one signature everywhere (activations 4-D in the
+backend's `layout`, per-channel vectors in the stat dtype, see resnet_fast/conventions.py):
+
+  conv(x, weight, bias, stride, padding, dilation, groups) -> y
+  conv_backward(dy, x, weight, stride, padding, dilation, groups, need_x, need_w) -> (dx, dw)
+  channel_stats(y) -> (mean, biased var)                          per channel
+  bn_act(x, mean, scale, bias, residual, res_mean, res_scale, res_bias, relu) -> out
+        out = act((x - mean)*scale + bias + r), r = (residual - res_mean)*res_scale + res_bias, residual or 0
+  bn_act_backward(grad_out, out, x, mean, scale, residual, res_mean, res_scale, relu, mask)
+        -> (dx, dres, Σg, Σg·(x - mean), Σg·(residual - res_mean)),  g = grad_out * (out > 0 if relu),
+        dx = g*scale, dres = g*res_scale (or g); mask: five booleans in the same order, None where False
+
+Each op of torch.ops.resnet_fast that dispatches (OPS) is written once over these primitives in
+resnet_fast/composites.py. A backend overrides a whole op only where it fuses more than the composite
+can (the Triton GEMM with its BN prologue and statistics / bias epilogues; oneDNN's conv with post-ops);
+an override has the composite's signature (primitives first) and may call the composite to fall back.
+
+The table is checked when this module is imported (unknown op, hook or layout names raise) and again
+when a backend's modules are loaded (a declared name that is missing, or an op-named function that is
+not declared, raises): there is no silent fallback to another backend.
+"""
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Mapping, NamedTuple, Tuple
+
+import torch
+
+from .. import composites
+from ..conventions import memory_format_of
+
+PRIMITIVES = ("conv", "conv_backward", "channel_stats", "bn_act", "bn_act_backward")
+OPS = ("conv_bn_stats", "conv_bn_stats_backward", "bn_act", "bn_act_backward", "conv_bias_act",
+       "conv_bias_act_backward")
+# prepare_conv_weight(weight, input_shape, stride, padding, dilation, groups) -> the weight conv_bias_act
+# runs fastest with for inputs of that shape (oneDNN's blocked layout on CPU); identity by default.
+HOOKS = ("prepare_conv_weight",)
+LAYOUTS = {"input": memory_format_of, "channels_last": lambda x: torch.channels_last}
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    devices: Tuple[str, ...]      # device types it can serve, when available there (see _dispatch)
+    layout: str                   # activations its primitives take: "input" (NCHW or NHWC as given) or NHWC
+    primitives: str               # the module that defines every name in PRIMITIVES
+    overrides: Mapping[str, str] = field(default_factory=dict)  # op -> "module:function"
+    hooks: Mapping[str, str] = field(default_factory=dict)      # hook -> "module:function"
+
+
+BACKENDS: Dict[str, Backend] = {b.name: b for b in (
+    Backend("reference", devices=("cpu", "cuda", "*"), layout="input",
+            primitives="resnet_fast.backends.eager"),
+    Backend("native", devices=("cpu", "cuda"), layout="input", primitives="resnet_fast.backends.native",
+            overrides={"conv_bias_act": "resnet_fast.backends.native:conv_bias_act"},
+            hooks={"prepare_conv_weight": "resnet_fast.backends.native:prepare_conv_weight"}),
+    Backend("triton", devices=("cuda", "cpu"), layout="channels_last",
+            primitives="resnet_fast.backends.triton.backend",
+            overrides={"conv_bn_stats": "resnet_fast.backends.triton.backend:conv_bn_stats",
+                       "conv_bias_act": "resnet_fast.backends.triton.backend:conv_bias_act"}),
+)}
+
+
+class Primitives(NamedTuple):
+    """One backend's primitive set, the first argument of every composite and override."""
+    conv: Callable
+    conv_backward: Callable
+    channel_stats: Callable
+    bn_act: Callable
+    bn_act_backward: Callable
+    layout: Callable[[torch.Tensor], torch.memory_format]
+
+
+def _check_table() -> None:
+    assert Primitives._fields[:-1] == PRIMITIVES
+    missing = [op for op in OPS if not callable(getattr(composites, op, None))]
+    if missing:
+        raise RuntimeError(f"resnet_fast.composites lacks a composite for {missing}")
+    for b in BACKENDS.values():
+        for kind, names, known in (("op", b.overrides, OPS), ("hook", b.hooks, HOOKS)):
+            unknown = sorted(set(names) - set(known))
+            if unknown:
+                raise ValueError(f"backend {b.name!r} declares unknown {kind}s {unknown}; known: {known}")
+        if b.layout not in LAYOUTS:
+            raise ValueError(f"backend {b.name!r} has layout {b.layout!r}; known: {sorted(LAYOUTS)}")
+
+
+_check_table()
+
+
+def _resolve(target: str) -> Callable:
+    module, _, name = target.partition(":")
+    fn = getattr(importlib.import_module(module), name, None)
+    if not callable(fn):
+        raise AttributeError(f"resnet_fast backend registry: {target} does not exist")
+    return fn
+
+
+def load(name: str) -> Tuple[Dict[str, Callable], Dict[str, Callable]]:
+    """(op -> callable(*op_args), hook -> callable(*hook_args)) for backend `name`: its overrides where it declares
+    them, else the composite over its primitives. Imports the backend's modules (and e.g. triton)."""
+    b = BACKENDS[name]
+    mod = importlib.import_module(b.primitives)
+    absent = [p for p in PRIMITIVES if not callable(getattr(mod, p, None))]
+    if absent:
+        raise AttributeError(f"backend {name!r}: {b.primitives} lacks the primitives {absent}")
+    undeclared = [op for op in OPS if op not in PRIMITIVES and op not in b.overrides and hasattr(mod, op)]
+    if undeclared:
+        raise RuntimeError(f"backend {name!r}: {b.primitives} defines {undeclared} without declaring them as "
+                           "overrides in the registry (they would never run)")
+    prims = Primitives(*(getattr(mod, p) for p in PRIMITIVES), LAYOUTS[b.layout])
+    table = {}
+    for op in OPS:
+        fn = _resolve(b.overrides[op]) if op in b.overrides else getattr(composites, op)
+        table[op] = _bind(fn, prims)
+    hooks = {h: _bind(_resolve(b.hooks[h]) if h in b.hooks else getattr(composites, h), prims) for h in HOOKS}
+    return table, hooks
+
+
+def _bind(fn: Callable, prims: Primitives) -> Callable:
+    def op(*args):
+        return fn(prims, *args)
+
+    op.__name__ = op.__qualname__ = getattr(fn, "__name__", "op")
+    op.__wrapped__ = fn
+    return op

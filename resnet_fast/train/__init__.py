@@ -5,6 +5,7 @@
     engine.py      epoch, evaluation, LR schedule          checkpoint.py  save / resume (RNG states too)
     distributed.py torchrun, DDP helpers                   records.py     metrics.csv, curves.png
     progress.py    progress bar                            experiment.py He et al. Fig. 6 (degradation)
+    options.py     the options train and experiment share
 """
 
 from .cli import main

@@ -17,12 +17,12 @@ from typing import Dict, List
 
 from . import distributed, models, records, run
 from .errors import InputError
+from .options import add_recipe_options
 
 COLORS = ["tab:orange", "tab:blue", "tab:red", "tab:green", "tab:purple"]
 
 
 def add_degradation_options(p: argparse.ArgumentParser) -> None:
-    from .cli import add_recipe_options
     p.add_argument("--depths", type=int, nargs="+", default=[20, 56], help="6n+2 depths (default 20 56)")
     p.add_argument("--output", default=os.path.join("runs", "degradation"), help="experiment folder")
     p.add_argument("--resume", action="store_true", help="continue unfinished runs in OUTPUT, reuse finished ones")
@@ -101,8 +101,4 @@ def plot_degradation(histories: Dict[str, List[Dict[str, float]]], path: str, ca
     axes[0].set_ylabel("top-1 error (%)")
     axes[0].set_ylim(0, min(100.0, top * 1.05 + 1))
     fig.suptitle(caption, fontsize=9)
-    fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    records.save_figure(fig, path, dpi=110)

@@ -24,11 +24,6 @@ def write_csv(history: List[Dict[str, float]], path: str) -> None:
     os.replace(tmp, path)
 
 
-def read_csv(path: str) -> List[Dict[str, float]]:
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 def require_matplotlib() -> None:
     """Checked before training starts, so --plot without matplotlib fails at once, not after an epoch."""
     from .errors import InputError
@@ -60,8 +55,13 @@ def plot_curves(history: List[Dict[str, float]], path: str, title: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
+    save_figure(fig, path, dpi=100)
+
+
+def save_figure(fig, path: str, dpi: int) -> None:
+    """Writes fig to path atomically (a reader never sees half a PNG) and closes it."""
     fig.tight_layout()
     tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    fig.savefig(tmp, dpi=dpi)
+    pyplot().close(fig)
     os.replace(tmp, path)

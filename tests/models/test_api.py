@@ -11,7 +11,7 @@ from torch import nn
 from torchvision.models import resnet as tv
 
 import resnet_fast
-from test_equivalence import BUILDERS, _trace, assert_float64_exact
+from helpers import BUILDERS, assert_float64_exact, record_steps
 
 
 @pytest.mark.parametrize("arch", BUILDERS)
@@ -72,8 +72,8 @@ def test_from_torchvision_shares_parameters():
     ref = copy.deepcopy(model).double()
     fast.double()  # in place on shared parameters: model is float64 too now
     assert model.conv1.weight.dtype == torch.float64
-    assert_float64_exact("from_torchvision", _trace(fast, x, torch.tensor([1, 2]), 1),
-                         _trace(ref, x, torch.tensor([1, 2]), 1))
+    assert_float64_exact("from_torchvision", record_steps(fast, x, torch.tensor([1, 2]), 1),
+                         record_steps(ref, x, torch.tensor([1, 2]), 1))
     with pytest.raises(TypeError, match="torchvision.models.ResNet"):
         resnet_fast.from_torchvision(nn.Linear(2, 2))
 
@@ -141,7 +141,7 @@ def test_batchnorm_options_model(bn_kwargs):
     b.load_state_dict(a.state_dict())
     x = torch.randn(4, 3, 48, 48, dtype=torch.float64)
     t = torch.randint(0, 10, (4,))
-    assert_float64_exact(str(bn_kwargs), _trace(b, x, t, 3), _trace(a, x, t, 3))
+    assert_float64_exact(str(bn_kwargs), record_steps(b, x, t, 3), record_steps(a, x, t, 3))
 
 
 def test_eval_train_switching_refolds():

@@ -4,68 +4,56 @@ gradients, running statistics, num_batches_tracked, and eval after the step.
 
 CPU (interpreter): resnet18 at 16x16, float32. GPU: resnet18 and resnet50 in float32, bfloat16 and
 float16 at 64x64; the issue's resnet50 step (bf16 autocast, channels_last, batch 32, 224x224) against
-torchvision; 100 steps on a fixed batch tracking eager's loss curve; torch.compile(fullgraph=True)."""
+torchvision; 100 steps on a fixed batch tracking eager's loss curve; torch.compile(fullgraph=True).
+fp32 on a GPU compares eager and fused with TF32 off in both (tests/conftest.py)."""
 
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 
 import resnet_fast
-from resnet_fast import _dispatch
-from helpers import assert_close_to_ref
+from helpers import assert_steps_close, force_backend, gpu_only, model_triplet, record_steps
 
 
-def gpu_only(test):
-    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))
+@pytest.fixture
+def triton_on(monkeypatch, device):
+    """The Triton backend on `device` (the cpu/cuda parametrized tests)."""
+    with force_backend("triton", device):
+        if device == "cpu":
+            _interpreter_blocks(monkeypatch)
+        yield device
 
 
-@pytest.fixture(autouse=True)
-def triton_backend(monkeypatch, device):
-    assert _dispatch._triton_supports(device), "the Triton backend cannot serve this device"
-    monkeypatch.setitem(_dispatch._chosen, device, "triton")
-    if device == "cpu":
-        # The interpreter's cost is per block operation: large blocks keep a whole resnet18 to seconds.
-        # (Small blocks, which exercise every mask, are tests/ops/test_triton.py's job.)
-        from resnet_fast.backends.gpu import launch, tuning
+@pytest.fixture
+def triton_cuda():
+    """The Triton backend on CUDA, for the gpu_only tests: no device parameter, so `-m gpu` selects
+    exactly one (CUDA) instance of each."""
+    with force_backend("triton", "cuda"):
+        yield
 
-        monkeypatch.setattr(tuning, "default_config", lambda cin_g, cout_g, m: tuning.Config(32, 128, 128, 4, 1))
-        monkeypatch.setattr(launch, "_blocks", lambda c: (64, 128))
+
+def _interpreter_blocks(monkeypatch):
+    # The interpreter's cost is per block operation: large blocks keep a whole resnet18 to seconds.
+    # (Small blocks, which exercise every mask, are tests/backends/test_triton.py's job.)
+    from resnet_fast.backends.triton import launch, tuning
+
+    monkeypatch.setattr(tuning, "default_config", lambda cin_g, cout_g, m: tuning.Config(32, 128, 128, 4, 1))
+    monkeypatch.setattr(launch, "_blocks", lambda c: (64, 128))
 
 
 def _models(arch, device, dtype):
     torch.manual_seed(0)
-    tv = getattr(torchvision.models, arch)(num_classes=10, zero_init_residual=True).to(device)
-    fast = resnet_fast.from_torchvision(copy.deepcopy(tv)).to(dtype)
-    ref = copy.deepcopy(tv).double()
-    return tv.to(dtype).to(memory_format=torch.channels_last), fast, ref
-
-
-def _step(model, x, target, autocast_dtype=None):
-    model.train()
-    xi = x.clone().requires_grad_(True)
-    with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        out = model(xi)
-        loss = F.cross_entropy(out.float(), target)
-    loss.backward()
-    rec = {"out": out.detach(), "loss": loss.detach(), "input_grad": xi.grad}
-    rec.update({f"grad.{n}": p.grad for n, p in model.named_parameters()})
-    rec.update({f"buffer.{n}": b.clone() for n, b in model.named_buffers()})
-    model.eval()
-    with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        rec["eval_out"] = model(x)
-    return rec
+    return model_triplet(arch, device, dtype, convert=True, num_classes=10, zero_init_residual=True)
 
 
 def _compare(fast, eager, ref, dtype):
-    for key, r in ref.items():
-        if key.endswith("num_batches_tracked"):
-            assert torch.equal(fast[key], r.to(fast[key].dtype)), key
-            continue
-        norm = "max" if key == "loss" else "l2"
-        assert_close_to_ref(key, fast[key], eager[key], r, dtype=dtype, norm=norm)
+    assert_steps_close("", fast, eager, ref, dtype=dtype, grouped=False)
+
+
+def _step(model, x, target, autocast_dtype=None):
+    return record_steps(model, x, target, steps=1, lr=None, autocast_dtype=autocast_dtype)
 
 
 def _cases(device):
@@ -75,7 +63,8 @@ def _cases(device):
                                                                            torch.float16)]
 
 
-def test_one_step_matches_torchvision(device):
+def test_one_step_matches_torchvision(triton_on):
+    device = triton_on
     for arch, dtype, size in _cases(device):
         tv, fast, ref = _models(arch, device, dtype)
         x = torch.randn(4, 3, size, size, device=device)
@@ -85,7 +74,7 @@ def test_one_step_matches_torchvision(device):
 
 
 @gpu_only
-def test_resnet50_bf16_autocast_step_batch32():
+def test_resnet50_bf16_autocast_step_batch32(triton_cuda):
     tv, fast, ref = _models("resnet50", "cuda", torch.float32)
     x = torch.randn(32, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
     target = torch.randint(0, 10, (32,), device="cuda")
@@ -94,7 +83,7 @@ def test_resnet50_bf16_autocast_step_batch32():
 
 
 @gpu_only
-def test_100_steps_track_eager_loss_curve():
+def test_100_steps_track_eager_loss_curve(triton_cuda):
     """SGD on one fixed batch, bf16 autocast: resnet_fast's loss curve stays within eager's own
     bf16-vs-fp32 deviation (times 2, plus 2% of the starting loss) at every step."""
     losses = {}
@@ -123,7 +112,7 @@ def test_100_steps_track_eager_loss_curve():
 
 @gpu_only
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_compile_fullgraph_gpu(mode):
+def test_compile_fullgraph_gpu(mode, triton_cuda):
     torch._dynamo.reset()
     torch.manual_seed(0)
     eager = resnet_fast.resnet18(num_classes=10).cuda().train(mode == "train")
@@ -135,7 +124,7 @@ def test_compile_fullgraph_gpu(mode):
 
 
 @gpu_only
-def test_training_step_captures_in_cuda_graph():
+def test_training_step_captures_in_cuda_graph(triton_cuda):
     """No host synchronization in forward + backward: the whole step captures and replays."""
     tv, fast, _ = _models("resnet18", "cuda", torch.float32)
     x = torch.randn(8, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
@@ -170,7 +159,7 @@ def test_training_step_captures_in_cuda_graph():
 
 
 @gpu_only
-def test_eval_forward_in_cuda_graph_sees_weight_changes():
+def test_eval_forward_in_cuda_graph_sees_weight_changes(triton_cuda):
     """model.eval() captured in a CUDA graph refolds BatchNorm inside the graph (the fold cache is
     bypassed during capture), so a replay after a weight / running-stat change is not stale."""
     tv, fast, _ = _models("resnet18", "cuda", torch.float32)

@@ -15,84 +15,8 @@ import torch.nn.functional as F
 import torchvision
 
 import resnet_fast
-from helpers import assert_close_to_ref
+from helpers import BUILDERS, assert_close_to_ref, assert_float64_exact, assert_steps_close, model_triplet, record_steps
 
-BUILDERS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
-            "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
-
-
-def _trace(model, x, target, steps, lr=0.01):
-    """Runs `steps` SGD steps; records what each step produced, then an eval forward."""
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    rec = {}
-    for step in range(steps):
-        xi = x.clone().requires_grad_(True)
-        out = model(xi)
-        loss = F.cross_entropy(out, target)
-        opt.zero_grad()
-        loss.backward()
-        rec[f"step{step}.out"] = out.detach()
-        rec[f"step{step}.loss"] = loss.detach()
-        rec[f"step{step}.input_grad"] = xi.grad
-        for name, p in model.named_parameters():
-            if p.grad is not None:
-                rec[f"step{step}.grad.{name}"] = p.grad.clone()
-        opt.step()
-    for name, b in model.named_buffers():
-        rec[f"buffer.{name}"] = b.clone()
-    for name, p in model.named_parameters():
-        rec[f"param.{name}"] = p.detach().clone()
-    model.eval()
-    with torch.no_grad():
-        rec["eval.out"] = model(x)
-    return rec
-
-
-def make_models(arch, **kwargs):
-    """(torchvision float32 in resnet_fast's layout, resnet_fast float32, torchvision float64), same state."""
-    tv = getattr(torchvision.models, arch)(**kwargs)
-    fast = getattr(resnet_fast, arch)(**kwargs)
-    fast.load_state_dict(tv.state_dict())
-    ref = copy.deepcopy(tv).double()
-    return tv.to(memory_format=fast.memory_format), fast, ref
-
-
-def assert_float64_exact(arch, r_fast64, r_ref, rel=1e-9):
-    """float64: every tensor agrees with torchvision's to `rel` of its magnitude; counters exactly."""
-    for key in r_ref:
-        scale = max(1.0, r_ref[key].abs().max().item())
-        torch.testing.assert_close(r_fast64[key], r_ref[key], rtol=0, atol=rel * scale,
-                                   msg=lambda m, key=key: f"{arch}: {key}: {m}")
-
-
-def _group(key):
-    """float32 comparison groups: per step the output, the loss, the input gradient and all parameter
-    gradients together; after training all parameters together, all buffers of one kind together."""
-    if ".grad." in key:
-        return key.split(".grad.")[0] + ".grads"
-    if key.startswith(("buffer.", "param.")):
-        return key.split(".", 1)[0] + "s." + key.rsplit(".", 1)[-1]
-    return key
-
-
-def assert_float32_close(arch, r_fast, r_tv, r_ref):
-    """float32: per group, the L2 distance to float64 <= 2x eager's + atol; counters exactly.
-
-    Groups and L2 rather than per-tensor max-abs: an activation within rounding of 0 takes the other
-    side of a ReLU in one float32 run and not in another, which moves that element's gradient by
-    O(1) and then every gradient upstream of it; such flips hit eager and resnet_fast alike, at
-    random. Per-tensor exactness is what the float64 comparison checks."""
-    assert r_fast.keys() == r_ref.keys()
-    groups = {}
-    for key in r_ref:
-        if key.endswith("num_batches_tracked"):
-            assert torch.equal(r_fast[key], r_ref[key]), key
-        else:
-            groups.setdefault(_group(key), []).append(key)
-    for name, keys in groups.items():
-        fast, eager, ref = (torch.cat([r[k].double().reshape(-1) for k in keys]) for r in (r_fast, r_tv, r_ref))
-        assert_close_to_ref(f"{arch}:{name}", fast, eager, ref, dtype=torch.float32, norm="l2")
 
 
 def compare_with_torchvision(arch, x, steps=2, num_classes=10, fast_input=None, **kwargs):
@@ -110,19 +34,19 @@ def compare_with_torchvision(arch, x, steps=2, num_classes=10, fast_input=None, 
     fast_x = fast_input if fast_input is not None else x
     target = torch.randint(0, num_classes, (x.shape[0],))
 
-    _, fast, ref = make_models(arch, num_classes=num_classes, **kwargs)
-    assert_float64_exact(arch, _trace(fast.double(), fast_x.double(), target, 1),
-                         _trace(ref, x.double(), target, 1))
+    _, fast, ref = model_triplet(arch, num_classes=num_classes, **kwargs)
+    assert_float64_exact(arch, record_steps(fast.double(), fast_x.double(), target, 1),
+                         record_steps(ref, x.double(), target, 1))
 
     kwargs.setdefault("zero_init_residual", True)
-    tv, fast, ref = make_models(arch, num_classes=num_classes, **kwargs)
+    tv, fast, ref = model_triplet(arch, num_classes=num_classes, **kwargs)
     with torch.no_grad():  # eval mode before any training, on the initial running statistics
         tv.eval(), fast.eval(), ref.eval()
         assert_close_to_ref("eval.initial", fast(fast_x), tv(x), ref(x.double()), norm="l2")
-    r_ref = _trace(ref, x.double(), target, steps)
-    r_tv = _trace(tv, x, target, steps)
-    r_fast = _trace(fast, fast_x, target, steps)
-    assert_float32_close(arch, r_fast, r_tv, r_ref)
+    r_ref = record_steps(ref, x.double(), target, steps)
+    r_tv = record_steps(tv, x, target, steps)
+    r_fast = record_steps(fast, fast_x, target, steps)
+    assert_steps_close(arch, r_fast, r_tv, r_ref)
     return fast, tv
 
 
@@ -182,7 +106,7 @@ def test_basicblock_default_init_float32():
 
 
 def test_batch_size_one_eval():
-    tv, fast, ref = (m.eval() for m in make_models("resnet50"))
+    tv, fast, ref = (m.eval() for m in model_triplet("resnet50"))
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert_close_to_ref("bs1", fast(x), tv(x), ref(x.double()))
@@ -190,7 +114,7 @@ def test_batch_size_one_eval():
 
 def test_frozen_parameters():
     """requires_grad=False on the stem and layer1: their grads stay None, the rest match."""
-    tv, fast, ref = make_models("resnet18", num_classes=10)
+    tv, fast, ref = model_triplet("resnet18", num_classes=10)
     for m in (tv, fast, ref):
         for name, p in m.named_parameters():
             if name.startswith(("conv1", "bn1", "layer1")):
@@ -211,7 +135,7 @@ def test_frozen_parameters():
 def test_frozen_eval_backward():
     """Eval mode with grad enabled (fine-tuning with frozen BN statistics): folded weights are
     differentiable, gradients reach conv weights and BN affine parameters."""
-    tv, fast, ref = (m.eval() for m in make_models("resnet18", num_classes=10))
+    tv, fast, ref = (m.eval() for m in model_triplet("resnet18", num_classes=10))
     x = torch.randn(2, 3, 64, 64)
     outs = []
     for m, inp in ((tv, x), (fast, x), (ref, x.double())):

@@ -11,9 +11,8 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 import resnet_fast
-from helpers import assert_close_to_ref
+from helpers import assert_close_to_ref, gpu_only
 
-CUDA = torch.cuda.is_available()
 
 
 def _randomize_norms(model: nn.Module) -> nn.Module:
@@ -187,8 +186,7 @@ def test_paper_variants_match_eval_model(variant):
     assert_same(fast(x), expected, "cpu")
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@gpu_only
 def test_cuda_graph_replay_and_refold():
     tv = make("resnet50", "cuda")
     fast = resnet_fast.optimize_for_inference(tv, dtype=torch.bfloat16)

@@ -4,7 +4,7 @@ ImageNet-style ResNet, and the CIFAR 6n+2 nets, against a plain-PyTorch definiti
 Reference first: RefBlock / RefNet below are the paper's definitions as plain nn.Modules (option A
 is torch.cat of the subsampled input and zeros), with resnet_fast's module names so that a
 state_dict loads between them strictly: that also checks each variant's module tree. The comparison
-is tests/models/test_equivalence.py's: in float64 one SGD step (output, loss, input and parameter
+is tests/helpers.py's, as in tests/models/test_equivalence.py: in float64 one SGD step (output, loss, input and parameter
 gradients, updated parameters, running statistics, num_batches_tracked, then an eval forward), every
 tensor within 1e-9 of its magnitude; in float32 SGD steps under the 2x-eager rule, eager being the
 reference in float32 in resnet_fast's activation layout (plain nets: test_cifar_variants says why
@@ -19,7 +19,7 @@ import torchvision
 from torch import nn
 
 import resnet_fast
-from test_equivalence import _trace, assert_float32_close
+from helpers import assert_float64_exact, assert_steps_close, record_steps
 
 
 class RefBlock(nn.Module):
@@ -110,21 +110,11 @@ def make_pair(net, variant, **kwargs):
     return fast, ref
 
 
-def assert_float64_exact(name, r_fast, r_ref, rel=1e-9):
-    """Every recorded tensor within `rel` of its magnitude (test_equivalence's rule, without
-    torch.testing's per-element bookkeeping, which dominated these tests' time)."""
-    assert r_fast.keys() == r_ref.keys()
-    for key, ref in r_ref.items():
-        err = (r_fast[key] - ref).abs().max().item()
-        scale = max(1.0, ref.abs().max().item())
-        assert err <= rel * scale, f"{name}: {key}: max error {err:.3e} > {rel:g} x {scale:.3e}"
-
-
 def compare_float64(net, variant, x):
     target = torch.randint(0, 10, (x.shape[0],))
     fast, ref = make_pair(net, variant)
-    assert_float64_exact(f"{net}/{variant}", _trace(fast.double(), x.double(), target, 1),
-                         _trace(ref.double(), x.double(), target, 1))
+    assert_float64_exact(f"{net}/{variant}", record_steps(fast.double(), x.double(), target, 1),
+                         record_steps(ref.double(), x.double(), target, 1))
 
 
 def compare_float32(net, variant, x, steps):
@@ -134,9 +124,9 @@ def compare_float32(net, variant, x, steps):
     fast, eager = make_pair(net, variant, **({} if variant == "plain" else {"zero_init_residual": True}))
     ref = copy.deepcopy(eager).double()
     eager = eager.to(memory_format=fast.memory_format)
-    r_ref = _trace(ref, x.double(), target, steps)
-    r_eager = _trace(eager, x, target, steps)
-    assert_float32_close(f"{net}/{variant}", _trace(fast, x, target, steps), r_eager, r_ref)
+    r_ref = record_steps(ref, x.double(), target, steps)
+    r_eager = record_steps(eager, x, target, steps)
+    assert_steps_close(f"{net}/{variant}", record_steps(fast, x, target, steps), r_eager, r_ref)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -6,40 +6,9 @@ import itertools
 import pytest
 import torch
 
-from resnet_fast import _dispatch, ops
+from resnet_fast import ops
 from resnet_fast import reference as ref
-from helpers import assert_close_to_ref
-
-CL = torch.channels_last
-FORMATS = [torch.contiguous_format, CL]
-
-
-def act(shape, device, dtype=torch.float32, fmt=torch.contiguous_format, offset=0.0):
-    return (torch.randn(shape, device=device, dtype=dtype) + offset).contiguous(memory_format=fmt)
-
-
-def vec(c, device, dtype=torch.float32, low=0.5, high=1.5):
-    return torch.empty(c, device=device, dtype=dtype).uniform_(low, high)
-
-
-# Odd sizes exercise masks and remainders; (N, Cin, H, W, Cout, kernel, stride, pad, dil, groups).
-CONVS = [
-    (2, 3, 13, 11, 8, 7, 2, 3, 1, 1),   # the stem: 3 input channels, 7x7, stride 2
-    (3, 6, 9, 7, 10, 3, 1, 1, 1, 1),
-    (2, 8, 9, 9, 12, 3, 2, 1, 1, 4),    # ResNeXt groups, stride 2
-    (2, 5, 10, 9, 7, 3, 1, 2, 2, 1),    # dilation
-    (1, 12, 5, 6, 20, 1, 1, 0, 1, 1),   # 1x1
-    (2, 12, 7, 7, 9, 1, 2, 0, 1, 1),    # 1x1 stride 2 (downsample)
-]
-
-
-def conv_args(case, device, dtype, fmt, prologue):
-    n, cin, h, w, cout, k, s, p, d, g = case
-    x = act((n, cin, h, w), device, dtype, fmt)
-    weight = (torch.randn(cout, cin // g, k, k, device=device, dtype=dtype) * 0.3).contiguous(memory_format=fmt)
-    pro = (vec(cin, device, ref.stat_dtype(dtype), -0.5, 0.5), vec(cin, device, ref.stat_dtype(dtype)),
-           vec(cin, device, ref.stat_dtype(dtype), -0.5, 0.5)) if prologue else (None, None, None)
-    return x, pro, weight, [s, s], [p, p], [d, d], g
+from helpers import CL, CONVS, FORMATS, act, assert_close_to_ref, bn_act_args, conv_args, vec
 
 
 @pytest.mark.parametrize("case", CONVS)
@@ -60,7 +29,7 @@ def test_conv_bn_stats_forward(case, fmt, prologue, device):
 def test_channel_stats_large_mean(device):
     """|mean| = 1e4 * std: naive fp32 sum/sumsq would lose the variance entirely."""
     y = act((4, 5, 17, 19), device, offset=0.0) + 1e4
-    mean, var = _dispatch.kernel("conv_bn_stats", y)(y, None, None, None, False, torch.eye(5, device=device).view(
+    mean, var = ops.conv_bn_stats(y, None, None, None, False, torch.eye(5, device=device).view(
         5, 5, 1, 1), [1, 1], [0, 0], [1, 1], 1)[1:]
     var64, mean64 = torch.var_mean(y.double(), dim=(0, 2, 3), correction=0)
     torch.testing.assert_close(mean.double(), mean64, rtol=1e-6, atol=0)
@@ -68,24 +37,6 @@ def test_channel_stats_large_mean(device):
 
 
 BN_ACT_CASES = list(itertools.product([False, True], ["none", "plain", "dual"], [False, True]))
-
-
-def bn_act_args(shape, device, dtype, fmt, with_mean, residual, requires_grad=False):
-    c = shape[1]
-    sdt = ref.stat_dtype(dtype)
-    x = act(shape, device, dtype, fmt, offset=2.0)
-    mean = vec(c, device, sdt, 1.5, 2.5) if with_mean else None
-    args = [x, mean, vec(c, device, sdt, -1.5, 1.5), vec(c, device, sdt, -0.5, 0.5)]
-    if residual == "none":
-        args += [None, None, None, None]
-    elif residual == "plain":
-        args += [act(shape, device, dtype, fmt), None, None, None]
-    else:
-        args += [act(shape, device, dtype, fmt, offset=-1.0), vec(c, device, sdt, -1.5, -0.5), vec(c, device, sdt),
-                 vec(c, device, sdt, -0.5, 0.5)]
-    if requires_grad:
-        args = [a.requires_grad_(True) if a is not None else None for a in args]
-    return args
 
 
 @pytest.mark.parametrize("with_mean,residual,relu", BN_ACT_CASES)

@@ -1,29 +1,25 @@
-"""The Triton backend's kernels beyond what test_ops.py's per-backend tests reach: the implicit-GEMM conv
+"""The Triton backend's kernels beyond what tests/ops/test_ops.py's per-backend tests reach: the implicit-GEMM conv
 in float16 as well as float32, with both of its epilogues, both conv strategies (Triton GEMM and aten +
 Triton BN kernels), statistics spanning many tiles, and the tuning cache.
 
 On CPU these run under TRITON_INTERPRET=1 (tests/conftest.py), on tiny odd shapes; on a GPU the same
-bodies run compiled. bfloat16 is GPU-only: the interpreter's bf16 tl.dot is wrong (DESIGN.md)."""
+bodies run compiled. bfloat16 is GPU-only: the interpreter's bf16 tl.dot is wrong (docs/ARCHITECTURE.md)."""
 
 import json
 
 import pytest
 import torch
 
-from resnet_fast import _dispatch, ops
+from resnet_fast import ops
 from resnet_fast import reference as ref
-from helpers import assert_close_to_ref
-from test_ops import CONVS, act, conv_args, vec
-
-CL = torch.channels_last
+from helpers import CL, CONVS, act, assert_close_to_ref, conv_args, force_backend, vec
 
 
 @pytest.fixture(autouse=True)
-def backend(monkeypatch, device):
-    """Overrides tests/ops/conftest.py's fixture: only the Triton backend here."""
-    assert _dispatch._triton_supports(device), "Triton backend unavailable (TRITON_INTERPRET not set on CPU?)"
-    monkeypatch.setitem(_dispatch._chosen, device, "triton")
-    return "triton"
+def backend(device):
+    """Every test here runs on the Triton backend."""
+    with force_backend("triton", device):
+        yield "triton"
 
 
 @pytest.fixture(params=["triton", "aten"])
@@ -119,7 +115,7 @@ def test_bn_act_float16_dual(device):
 
 
 def test_tuning_cache_and_switch(tmp_path, monkeypatch):
-    from resnet_fast.backends.gpu import tuning
+    from resnet_fast.backends.triton import tuning
 
     cfg = tuning.Config(64, 32, 16, 4, 3)
     assert tuning._parse(cfg.name()) == cfg and tuning._parse(tuning.ATEN) == tuning.ATEN
@@ -141,7 +137,7 @@ def test_tuning_cache_and_switch(tmp_path, monkeypatch):
 def test_tuning_measures_once_keeps_the_fastest_and_replays(tmp_path, monkeypatch):
     """choose() on a (simulated) GPU: times every candidate once, keeps the fastest, writes it to the
     cache file, and afterwards (also while a CUDA graph is captured) replays it without measuring."""
-    from resnet_fast.backends.gpu import tuning
+    from resnet_fast.backends.triton import tuning
 
     monkeypatch.setenv("RESNET_FAST_TUNING_CACHE", str(tmp_path / "t.json"))
     monkeypatch.delenv("RESNET_FAST_CONV", raising=False)
