@@ -9,9 +9,9 @@ input, and TorchScript within 1e-4 of eager and 3e-4 after save / load. To keep 
 within budget, TorchScript (which scripts torchvision's unfused ResNet, the same code for every
 builder) runs on one builder per block kind (SUBSET), and there the input gradient is also
 compared with torchvision's, in float64 (in float32 the eval-mode input gradient of a
-default-initialized deep ResNet is dominated by rounding noise, in torchvision's model too). Input size: torchvision's 224x224 for resnet18; 64x64, which torchvision
-itself uses for its slow models (resnext101_32x8d, resnext101_64x4d, wide_resnet101_2), for the
-other builders, to keep the suite's time within budget."""
+default-initialized deep ResNet is dominated by rounding noise, in torchvision's model too). Input
+size: 64x64, which torchvision itself uses for its slow models (resnext101_32x8d, resnext101_64x4d,
+wide_resnet101_2), for every builder (224x224 runs in test_equivalence's slow tests)."""
 
 import copy
 import os
