@@ -15,6 +15,7 @@ from ._dispatch import backend_info, use_backend
 from .sync_bn import SyncBatchNorm2d, convert_sync_batchnorm
 from .builders import (
     from_torchvision,
+    to_torchvision,
     resnet18,
     resnet34,
     resnet50,
@@ -44,8 +45,8 @@ from .resnet import BasicBlock, Bottleneck, ResNet, ZeroPadShortcut
 
 __all__ = [
     "optimize_for_inference", "InferenceResNet", "convert_sync_batchnorm", "SyncBatchNorm2d",
-    "ResNet", "BasicBlock", "Bottleneck", "backend_info", "use_backend", "from_torchvision", "resnet18", "resnet34",
-    "resnet50",
+    "ResNet", "BasicBlock", "Bottleneck", "backend_info", "use_backend", "from_torchvision", "to_torchvision",
+    "resnet18", "resnet34", "resnet50",
     "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
     "wide_resnet101_2", "ZeroPadShortcut", "CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56",
     "resnet110", "plain20", "plain32", "plain44", "plain56", "plain110",

@@ -10,11 +10,11 @@ from torch import nn
 from torchvision.models import resnet as tv
 from torchvision.models._utils import _ovewrite_named_param, handle_legacy_interface
 
-from .resnet import BasicBlock, Bottleneck, ResNet
+from .resnet import BasicBlock, Bottleneck, ResNet, _rebind, to_torchvision  # noqa: F401
 
 __all__ = [
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
-    "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2", "from_torchvision",
+    "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2", "from_torchvision", "to_torchvision",
 ]
 
 
@@ -59,15 +59,6 @@ wide_resnet50_2 = _builder("wide_resnet50_2", Bottleneck, [3, 4, 6, 3], tv.Wide_
                            width_per_group=128)
 wide_resnet101_2 = _builder("wide_resnet101_2", Bottleneck, [3, 4, 23, 3], tv.Wide_ResNet101_2_Weights,
                             width_per_group=128)
-
-
-def _rebind(module: nn.Module, cls: type) -> nn.Module:
-    """A new `cls` instance over the same parameters, buffers and children as `module`."""
-    new = cls.__new__(cls)
-    new.__dict__.update(module.__dict__)
-    for registry in ("_parameters", "_buffers", "_modules"):
-        new.__dict__[registry] = dict(module.__dict__[registry])
-    return new
 
 
 _BLOCKS = {tv.BasicBlock: BasicBlock, tv.Bottleneck: Bottleneck}

@@ -60,7 +60,11 @@ class CifarResNet(_FusedNet, nn.Module):
                     nn.init.constant_(m.bn2.weight, 0)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self._features(x, None, (self.layer1, self.layer2, self.layer3))
+        return self._transaction(self._run, x)
+
+    def _run(self, x: Tensor) -> Tensor:
+        x = self._stem(x)
+        x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
     def extra_repr(self) -> str:

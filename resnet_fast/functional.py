@@ -9,7 +9,9 @@ nn.BatchNorm2d chooses between batch and running statistics:
     tensors involved changes) and conv_bias_act with the residual and ReLU in its epilogue.
 Running-statistics updates are deferred: they are collected in a list during the forward pass and
 applied by `apply_updates` once it has succeeded, so an input that fails half way leaves every
-running_mean / running_var / num_batches_tracked untouched.
+running_mean / running_var / num_batches_tracked untouched (resnet_fast.interop collects them
+across the blocks of a model forward).
+The fold cache is not part of a module's state: pickling, torch.save and deepcopy drop it.
 """
 
 from typing import List, NamedTuple, Optional, Tuple
@@ -17,7 +19,7 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import ops, reference, sync_bn
+from . import bn_math, conventions, ops, sync_bn
 
 _FOLD_ATTR = "_resnet_fast_folded"
 
@@ -60,29 +62,42 @@ def _conv_args(conv: nn.Conv2d):
     return list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups
 
 
+class _FoldCache:
+    """(key, folded weight, folded bias) kept on a conv; pickles (torch.save, deepcopy) as empty."""
+
+    __slots__ = ("key", "weight", "bias")
+
+    def __init__(self, key=None, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> None:
+        self.key, self.weight, self.bias = key, weight, bias
+
+    def __reduce__(self):
+        return (_FoldCache, ())
+
+
 def folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, like: Tensor) -> Tuple[Tensor, Tensor]:
     """conv's weight and bias with eval-mode bn folded in, for inputs like `like`.
 
     Cached on the conv while nothing it depends on changes (data pointer and version counter of
     every tensor involved); recomputed, differentiably, whenever autograd needs it."""
-    fmt = reference.memory_format_of(like)
+    fmt = conventions.memory_format_of(like)
     tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors[:3])
     # Under torch.compile or CUDA-graph capture the fold must be part of what is traced / recorded:
     # a replay never runs this Python check, so a cached fold would go stale when weights change.
-    # (is_compiling first: dynamo folds it to True and never traces the capture query.)
-    if torch.compiler.is_compiling() or needs_grad or (
+    # (is_compiling first: dynamo folds it to True and never traces the capture query.) torch.jit.trace
+    # records the fold on every call too, so that every trace of the model is the same graph.
+    if torch.compiler.is_compiling() or needs_grad or torch.jit.is_tracing() or (
             like.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-        w, b = reference.fold_bn(conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+        w, b = bn_math.fold_bn(conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
         return w.contiguous(memory_format=fmt), b
     key = (tuple(None if t is None else (t.data_ptr(), t._version, t.device) for t in tensors), bn.eps, fmt)
     cached = conv.__dict__.get(_FOLD_ATTR)
-    if cached is not None and cached[0] == key:
-        return cached[1], cached[2]
+    if cached is not None and cached.key == key:
+        return cached.weight, cached.bias
     with torch.no_grad():
-        w, b = reference.fold_bn(conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+        w, b = bn_math.fold_bn(conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
         w = w.contiguous(memory_format=fmt)
-    conv.__dict__[_FOLD_ATTR] = (key, w, b)
+    conv.__dict__[_FOLD_ATTR] = _FoldCache(key, w, b)
     return w, b
 
 
@@ -104,7 +119,7 @@ def conv_bn(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, updates
         w, b = folded(conv, bn, x)
         res = _cast(materialize(residual), x.dtype) if residual is not None else None
         # The folded shift stays in float32 under autocast (eager applies BatchNorm in float32 too).
-        w, b = _cast(w, x.dtype), _cast(b, reference.stat_dtype(x.dtype) if cast is not None else x.dtype)
+        w, b = _cast(w, x.dtype), _cast(b, conventions.stat_dtype(x.dtype) if cast is not None else x.dtype)
         return Pending(ops.conv_bias_act(x, w, b, res, relu, stride, padding, dilation, groups))
     x = _cast(a.y, cast)
     y, mean, var = ops.conv_bn_stats(x, a.mean, a.scale, a.bias, a.relu, _cast(conv.weight, x.dtype), stride, padding,
@@ -113,7 +128,7 @@ def conv_bn(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, updates
         residual = residual._replace(y=_cast(residual.y, y.dtype))
     count = y.numel() // y.shape[1]
     mean, var, count = sync_bn.synchronize(bn, mean, var, count)  # all ranks' statistics for SyncBatchNorm
-    if count <= 1:
+    if not torch.jit.is_tracing() and count <= 1:  # (a traced count is a tensor: no Python branch on it)
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(y.shape)}")
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
         updates.append(StatsUpdate(bn, mean.detach(), var.detach(), count))

@@ -5,49 +5,28 @@ and its order, zero_init_residual, groups / width_per_group, dilation, norm_laye
 only forward differs. A state_dict moves both ways unchanged, and isinstance checks against
 torchvision's classes keep working.
 
-Fused forward applies to blocks built from plain nn.Conv2d + nn.BatchNorm2d (torchvision's default);
-a block with any other norm layer or conv (e.g. a custom norm_layer, FrozenBatchNorm2d) runs
-torchvision's own, unfused forward. Forward hooks on the inner conv / bn modules do not fire on the
-fused path (they are parameter holders there).
+forward is torchvision's too, in structure: every submodule torchvision calls (stem modules aside,
+see resnet_fast.fused_net) is called through its __call__, so hooks, wrappers and replaced stages
+behave as in torchvision. A block fuses when it is built from plain nn.Conv2d + nn.BatchNorm2d
+(torchvision's default) and nothing observes its inner modules (resnet_fast.interop: hooks there,
+TorchScript, ONNX export, torch.func make it run torchvision's own, unfused forward); a block with
+any other norm layer or conv (a custom norm_layer, FrozenBatchNorm2d) runs unfused too.
 
 The seed paper's shortcut options (He et al. 2015, section 4.1) are constructor arguments:
 `shortcut="B"` (the default) is torchvision's model exactly; `"A"` and `"C"` and the "plain" nets
 (`residual=False`) change the module tree as described in `ResNet`.
 """
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv
 
-from .functional import Pending, StatsUpdate, apply_updates, clear_folded, conv_bn, is_fusable, materialize
-from .reference import memory_format_of
-
-SHORTCUTS = ("A", "B", "C")
-
-
-class ZeroPadShortcut(nn.Module):
-    """Option A shortcut: x[:, :, ::stride, ::stride] with `extra` zero channels appended; no parameters.
-
-    (N, C, H, W) -> (N, C + extra, ceil(H/stride), ceil(W/stride)), the block's output shape: a 3x3
-    conv with padding 1 (or 1x1, padding 0) and this stride samples the same positions."""
-
-    def __init__(self, stride: int, extra: int) -> None:
-        super().__init__()
-        if stride < 1 or extra < 0:
-            raise ValueError(f"ZeroPadShortcut needs stride >= 1 and extra >= 0 channels, got stride={stride}, "
-                             f"extra={extra} (option A cannot reduce channels)")
-        self.stride, self.extra = stride, extra
-
-    def forward(self, x: Tensor) -> Tensor:
-        s = self.stride
-        out = F.pad(x[:, :, ::s, ::s], (0, 0, 0, 0, 0, self.extra))
-        return out.contiguous(memory_format=memory_format_of(x))
-
-    def extra_repr(self) -> str:
-        return f"stride={self.stride}, extra={self.extra}"
+from . import interop
+from .functional import Pending, StatsUpdate, conv_bn, is_fusable, materialize
+from .fused_net import _FusedNet, _check_input, stem_forward  # noqa: F401  (part of this module's API)
+from .shortcuts import SHORTCUTS, ZeroPadShortcut, check_shortcut, make_shortcut  # noqa: F401
 
 
 def _downsample_pair(ds: Optional[nn.Module]):
@@ -62,7 +41,9 @@ class _FusedBlock:
     """Shared forward of BasicBlock and Bottleneck: a chain of conv-BN-ReLU units and a block end.
 
     residual=False (an instance attribute set by `make_stage`) is the paper's "plain" block: the
-    last unit ends in BN -> ReLU with nothing added."""
+    last unit ends in BN -> ReLU with nothing added. When the block cannot or must not fuse
+    (resnet_fast.interop: other module types, hooks inside it, TorchScript / ONNX / torch.func) it runs
+    torchvision's forward, `tv_forward`."""
 
     residual = True
 
@@ -71,8 +52,12 @@ class _FusedBlock:
 
     def _fusable(self) -> bool:
         units = self._units()
-        return (type(self.relu) is nn.ReLU and all(is_fusable(c, b) for c, b in units)
-                and _downsample_pair(self.downsample) is not False)
+        ds = _downsample_pair(self.downsample)
+        inner = [m for unit in units for m in unit] + [self.relu]
+        if ds:
+            inner += [self.downsample, *ds]
+        return (type(self.relu) is nn.ReLU and all(is_fusable(c, b) for c, b in units) and ds is not False
+                and not interop.observed(inner))
 
     def _shortcut(self, x: Tensor, updates: List[StatsUpdate]) -> Optional[Pending]:
         if not self.residual:
@@ -83,8 +68,6 @@ class _FusedBlock:
         return Pending(x if self.downsample is None else self.downsample(x))
 
     def _forward_fused(self, x: Tensor, updates: List[StatsUpdate]) -> Tensor:
-        if not self._fusable():
-            return tv_forward(self, x)
         units = self._units()
         residual = self._shortcut(x, updates)
         a = Pending(x)
@@ -96,10 +79,35 @@ class _FusedBlock:
         return "" if self.residual else "residual=False"
 
     def forward(self, x: Tensor) -> Tensor:
-        updates: List[StatsUpdate] = []
+        if not (interop.fusion_allowed() and self._fusable()):
+            return tv_forward(self, x)
+        if interop.is_proxy(x):
+            return interop.fx_leaf(self, x)
+        updates = interop.collector()  # the enclosing model forward's transaction, or applied at once
         out = self._forward_fused(x, updates)
-        apply_updates(updates)
+        interop.flush(updates)
         return out
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """torch.jit.script scripts torchvision's block over the same modules (it runs unfused); a
+        subclass with its own forward is scripted as it is."""
+        return scriptable_block(self) if type(self).forward is _FusedBlock.forward else self
+
+
+def scriptable_block(block: nn.Module) -> nn.Module:
+    if not getattr(block, "residual", True) or type(block.downsample) is ZeroPadShortcut:
+        raise TypeError("torch.jit.script supports torchvision's blocks (shortcut='B', residual=True); script "
+                        "other variants with torch.jit.trace or torch.export instead")
+    return _rebind(block, tv.Bottleneck if isinstance(block, tv.Bottleneck) else tv.BasicBlock)
+
+
+def _rebind(module: nn.Module, cls: type) -> nn.Module:
+    """A new `cls` instance over the same parameters, buffers and children as `module`."""
+    new = cls.__new__(cls)
+    new.__dict__.update(module.__dict__)
+    for registry in ("_parameters", "_buffers", "_modules"):
+        new.__dict__[registry] = dict(module.__dict__[registry])
+    return new
 
 
 def tv_forward(block: nn.Module, x: Tensor) -> Tensor:
@@ -126,56 +134,6 @@ class Bottleneck(_FusedBlock, tv.Bottleneck):
         return [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)]
 
 
-def _check_input(x: Tensor, model: "ResNet") -> None:
-    w = model.conv1.weight
-    if not isinstance(x, Tensor):
-        raise TypeError(f"ResNet input must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"ResNet input must be 4-D (N, C, H, W), got {x.dim()}-D shape {tuple(x.shape)}")
-    if x.shape[1] != w.shape[1]:
-        raise ValueError(f"ResNet input must have {w.shape[1]} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"ResNet input must be floating point, got {x.dtype}")
-    if x.device != w.device:
-        raise RuntimeError(f"ResNet input is on {x.device} but the model is on {w.device}")
-    if x.dtype != w.dtype:
-        raise TypeError(f"ResNet input dtype {x.dtype} differs from the model's {w.dtype}; "
-                        f"use model.to({x.dtype}) or x.to({w.dtype})")
-    if x.shape[0] == 0 and model.training:
-        raise ValueError("ResNet input is an empty batch: batch statistics of zero samples are undefined in "
-                         "training mode")
-
-
-def check_shortcut(shortcut: Optional[str], residual: bool, default: str, zero_init_residual: bool = False
-                   ) -> Optional[str]:
-    """The shortcut option a net is built with: `default` when unset, None for a plain net."""
-    if not isinstance(residual, bool):
-        raise TypeError(f"residual must be True or False, got {residual!r}")
-    if not residual:
-        if shortcut is not None:
-            raise ValueError(f"a plain net (residual=False) has no shortcut; got shortcut={shortcut!r}, leave it unset")
-        if zero_init_residual:
-            raise ValueError("zero_init_residual=True with residual=False would zero every block's output "
-                             "(each plain block ends in its last BatchNorm)")
-        return None
-    shortcut = default if shortcut is None else shortcut
-    if not isinstance(shortcut, str) or shortcut not in SHORTCUTS:
-        raise ValueError(f"shortcut must be one of {', '.join(map(repr, SHORTCUTS))}, got {shortcut!r}")
-    return shortcut
-
-
-def make_shortcut(shortcut: Optional[str], inplanes: int, outplanes: int, stride: int,
-                  norm_layer: Callable[[int], nn.Module]) -> Optional[nn.Module]:
-    """A block's `downsample`: B projects (1x1 conv + BN) where the shape changes, C on every block,
-    A zero-pads where the shape changes; None is the identity (or no shortcut, in a plain net)."""
-    changes = stride != 1 or inplanes != outplanes
-    if shortcut == "C" or (shortcut == "B" and changes):
-        return nn.Sequential(tv.conv1x1(inplanes, outplanes, stride), norm_layer(outplanes))
-    if shortcut == "A" and changes:
-        return ZeroPadShortcut(stride, outplanes - inplanes)
-    return None
-
-
 def make_stage(block: type, inplanes: int, planes: int, blocks: int, stride: int, shortcut: Optional[str],
                norm_layer: Callable[[int], nn.Module], groups: int = 1, base_width: int = 64, dilation: int = 1,
                first_dilation: int = 1) -> nn.Sequential:
@@ -192,37 +150,6 @@ def make_stage(block: type, inplanes: int, planes: int, blocks: int, stride: int
             b.residual = False
         layers.append(b)
     return nn.Sequential(*layers)
-
-
-class _FusedNet:
-    """What ResNet and CifarResNet share: the activation layout, refolding on train()/eval(), and the
-    fused stem and stages.
-
-    `memory_format` (default channels_last) is the layout activations run in; the input is
-    converted once, the result is the same."""
-
-    memory_format = torch.channels_last
-
-    def train(self, mode: bool = True):
-        clear_folded(self)
-        return super().train(mode)
-
-    def _features(self, x: Tensor, pool: Optional[nn.Module], stages: Sequence[nn.Module]) -> Tensor:
-        """stages(pool(relu(bn1(conv1(x))))), every unit fused; running statistics updated at the end."""
-        _check_input(x, self)
-        x = x.contiguous(memory_format=self.memory_format)
-        updates: List[StatsUpdate] = []
-        if is_fusable(self.conv1, self.bn1) and type(self.relu) is nn.ReLU:
-            x = materialize(conv_bn(Pending(x), self.conv1, self.bn1, True, updates))
-        else:
-            x = self.relu(self.bn1(self.conv1(x)))
-        if pool is not None:
-            x = pool(x)
-        for layer in stages:
-            for block in layer:
-                x = block._forward_fused(x, updates) if isinstance(block, _FusedBlock) else block(x)
-        apply_updates(updates)
-        return x
 
 
 class ResNet(_FusedNet, tv.ResNet):
@@ -262,7 +189,40 @@ class ResNet(_FusedNet, tv.ResNet):
         return layer
 
     def _forward_impl(self, x: Tensor) -> Tensor:
-        x = self._features(x, self.maxpool, (self.layer1, self.layer2, self.layer3, self.layer4))
+        return self._transaction(self._run, x)
+
+    def _run(self, x: Tensor) -> Tensor:
+        """torchvision's ResNet._forward_impl, every submodule called through its __call__."""
+        x = self._stem(x)
+        x = self.maxpool(x)
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        x = self.layer4(x)
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
         return self.fc(x)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """torch.jit.script scripts torchvision's ResNet over the same parameters and buffers (unfused)."""
+        return to_torchvision(self)
+
+
+def to_torchvision(model: "ResNet") -> tv.ResNet:
+    """A torchvision.models.ResNet (torchvision's classes and forward) sharing `model`'s parameters and
+    buffers: what torch.jit.script compiles; the inverse of from_torchvision. Containers are copied
+    (shallowly), so changes to the result's module tree leave `model`'s alone."""
+    if type(model)._forward_impl is not ResNet._forward_impl or type(model).forward is not tv.ResNet.forward:
+        raise TypeError(f"to_torchvision cannot convert {type(model).__name__}: it overrides ResNet's forward")
+    return _unfused_tree(model, tv.ResNet)
+
+
+def _unfused_tree(module: nn.Module, cls: Optional[type] = None) -> nn.Module:
+    if isinstance(module, _FusedBlock) and type(module).forward is _FusedBlock.forward:
+        return scriptable_block(module)
+    if not module._modules:
+        return module
+    new = _rebind(module, cls or type(module))
+    for name, child in module._modules.items():
+        new._modules[name] = None if child is None else _unfused_tree(child)
+    return new
