@@ -1,7 +1,6 @@
 """Plain-PyTorch oracle of every resnet_fast op: the ground truth the tests compare every backend
 against (in float64, and in the same dtype as "eager"). No op of the package runs these functions;
-the plain-PyTorch *backend* is resnet_fast/backends/eager.py. (fold_bn, memory_format_of and
-stat_dtype, production code of bn_math.py / conventions.py, stay importable from here.)
+the plain-PyTorch *backend* is resnet_fast/backends/eager.py.
 
 Forward references are the ops' definitions written as directly as possible. Backward references are
 not written by hand: each is torch.autograd's vector-Jacobian product of the forward reference, so it
@@ -20,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .bn_math import fold_bn  # noqa: F401  (production code; importable here for older callers)
 from .conventions import memory_format_of, stat_dtype
 
 
