@@ -156,10 +156,10 @@ def _conv_bn_materialized(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu:
     count = y.numel() // y.shape[1]
     if not torch.jit.is_tracing() and count <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(y.shape)}")
-    out, mean, var = bn_ops.batch_norm_act(y, bn.weight, bn.bias, res, bn.eps, relu)
+    mean, var = bn_ops.batch_stats_call(y.detach())  # no gradient
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
-        updates.append(StatsUpdate(bn, mean, var, count))
-    return Pending(out)
+        updates.append(StatsUpdate(bn, mean, var, count))  # before the op that saves tensors (checkpoint)
+    return Pending(bn_ops.batch_norm_act_call(y, mean, var, bn.weight, bn.bias, res, bn.eps, relu))
 
 
 def autocast_dtype(t: Tensor) -> Optional[torch.dtype]:
