@@ -1,6 +1,6 @@
 """optimize_for_inference: a ResNet frozen into folded convolutions, for fixed input shapes.
 
-    fast = resnet_fast.optimize_for_inference(model, dtype=torch.bfloat16, cuda_graph=True)
+    fast = resnet_fast.optimize_for_inference(model, dtype=torch.bfloat16, cuda_graph=True, onednn_graph=True)
     logits = fast(images)        # (N, 3, H, W), any floating dtype, on the model's device -> (N, classes) in dtype
 
 Once, at construction:
@@ -14,6 +14,12 @@ Once, at construction:
     folded weight is prepared once, at its first call. A CPU float32 conv whose prepared weight is
     in oneDNN's layout then runs directly as oneDNN's fused convolution (backends/onednn_inference.py:
     no custom-op layer per call; block-end sums accumulated in place into the dead residual).
+  * on CPU in float32 with onednn_graph=True, the trunk (stem to pooled features) is instead traced
+    and frozen at the first call with a new input shape and compiled by PyTorch's oneDNN Graph fuser
+    (backends/onednn_graph.py): partitions of conv + bias + add + ReLU with their primitives built
+    once, no per-conv Python or primitive setup per call. fc runs after it as above. Like CUDA graphs,
+    the first `max_graphs` shapes get one; a refold drops them (each is compiled again at its shape's
+    next call, about a second for resnet50).
 Per call the input is copied once into `dtype`, channels_last. On CUDA with cuda_graph=True the whole
 forward is captured as a CUDA graph at the first call with a new input shape (after warm-up runs on a
 side stream, which also keep Triton autotuning out of the capture) and replayed afterwards. The first
@@ -41,6 +47,7 @@ from torchvision.models import resnet as tv
 from torchvision.ops import FrozenBatchNorm2d
 
 from . import _dispatch, bn_math, ops
+from .backends import onednn_graph as onednn_graph_mod
 from .backends import onednn_inference
 from .builders import from_torchvision
 from .cifar import CifarResNet
@@ -180,7 +187,7 @@ class InferenceResNet(nn.Module):
     and cannot be moved or cast: optimize the source model again for another device or dtype."""
 
     def __init__(self, model: nn.Module, stages: Tuple[str, ...], pool: Optional[nn.Module], dtype: torch.dtype,
-                 cuda_graph: bool, max_graphs: int, track_updates: bool):
+                 cuda_graph: bool, max_graphs: int, track_updates: bool, onednn_graph: bool = True):
         super().__init__()
         self.__dict__["source"] = model  # not a submodule: no second copy in state_dict(), .to() etc.
         self.dtype, self.track_updates, self.max_graphs = dtype, track_updates, max_graphs
@@ -202,16 +209,43 @@ class InferenceResNet(nn.Module):
                                        *(b.shortcut for b in self.blocks if isinstance(b.shortcut, _FoldedConv)),
                                        *([self.head] if isinstance(self.head, _CastLinear) else [])]
         self._graphs: "OrderedDict[Tuple[int, ...], Tuple[torch.cuda.CUDAGraph, Tensor, Tensor]]" = OrderedDict()
+        # CPU float32: a compiled trunk per input shape (None: the fuser made no partition; per-conv path).
+        self.onednn_graph = bool(onednn_graph) and self.stem.direct and onednn_graph_mod.available(self.device, dtype) \
+            and all(b.shortcut is None or isinstance(b.shortcut, _FoldedConv) for b in self.blocks) \
+            and onednn_graph_mod.supported_pools(list(self.pools))
+        self._cpu_graphs: "OrderedDict[Tuple[int, ...], Optional[torch.jit.ScriptModule]]" = OrderedDict()
 
     @property
     def graph_shapes(self) -> List[Tuple[int, ...]]:
-        """Input shapes that have a captured CUDA graph, in capture order."""
-        return list(self._graphs)
+        """Input shapes that have a captured CUDA graph or a compiled oneDNN Graph trunk, in capture order."""
+        return list(self._graphs) + [k for k, g in self._cpu_graphs.items() if g is not None]
 
     def refresh(self) -> None:
         """Refolds every conv and recasts fc from the source model's current tensors, in place."""
         for f in self._frozen:
             f.refold()
+        self._cpu_graphs.clear()  # their frozen constants are the old folded weights
+
+    def _trunk(self) -> onednn_graph_mod.Trunk:
+        """The folded trunk as a plain module over this model's folded tensors (shared, not copied)."""
+        convs, index = [], {}
+        for unit in [self.stem, *(u for b in self.blocks for u in [*b.units, b.shortcut] if u is not None)]:
+            index[id(unit)] = len(convs)
+            convs.append((unit.weight, unit.bias, unit.args))
+        plan = (index[id(self.stem)], [([index[id(u)] for u in b.units],
+                                        None if b.shortcut is None else index[id(b.shortcut)], b.residual)
+                                       for b in self.blocks])
+        return onednn_graph_mod.Trunk(convs, plan, *self.pools)
+
+    def _run_cpu_graph(self, x: Tensor) -> Optional[Tensor]:
+        """The compiled trunk for x's shape (compiled now if there is room), then the head; None: no graph."""
+        key = tuple(x.shape)
+        if key not in self._cpu_graphs:
+            if len(self._cpu_graphs) >= self.max_graphs:
+                return None
+            self._cpu_graphs[key] = onednn_graph_mod.compile_trunk(self._trunk(), x)
+        trunk = self._cpu_graphs[key]
+        return None if trunk is None else self.head(trunk(x))
 
     def _apply(self, fn, recurse=True):
         raise RuntimeError("an InferenceResNet is fixed to the device and dtype it was built for; move or cast the "
@@ -262,12 +296,16 @@ class InferenceResNet(nn.Module):
         for f in self._frozen if self.track_updates else ():
             if f.stale():
                 f.refold()
+                if isinstance(f, _FoldedConv):
+                    self._cpu_graphs.clear()
         with torch.no_grad():
             key = tuple(x.shape)
             use_graph = self.cuda_graph and x.shape[0] > 0 and \
                 (key in self._graphs or len(self._graphs) < self.max_graphs)
             if not use_graph:
-                return self._run(x.to(self.dtype).contiguous(memory_format=torch.channels_last))
+                x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+                out = self._run_cpu_graph(x) if self.onednn_graph and x.shape[0] > 0 else None
+                return self._run(x) if out is None else out
             if key not in self._graphs:
                 self._graphs[key] = self._capture(x)
             graph, static_in, static_out = self._graphs[key]
@@ -277,17 +315,18 @@ class InferenceResNet(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"dtype={self.dtype}, device={self.device}, cuda_graph={self.cuda_graph}, "
-                f"max_graphs={self.max_graphs}, track_updates={self.track_updates}")
+                f"onednn_graph={self.onednn_graph}, max_graphs={self.max_graphs}, track_updates={self.track_updates}")
 
 
 def optimize_for_inference(model: nn.Module, dtype: Optional[torch.dtype] = None, cuda_graph: bool = True,
-                           max_graphs: int = 4, track_updates: bool = True) -> InferenceResNet:
+                           max_graphs: int = 4, track_updates: bool = True, onednn_graph: bool = True) -> InferenceResNet:
     """A folded, cast-once, optionally CUDA-graphed inference version of `model` (module docstring).
 
     model: a resnet_fast.ResNet or CifarResNet, or a torchvision ResNet (converted with from_torchvision,
     sharing its tensors). dtype: the compute dtype (default: the model's; e.g. torch.bfloat16 on a GPU).
     cuda_graph: capture and replay CUDA graphs per input shape (CUDA only; ignored on CPU).
-    max_graphs: how many input shapes get a graph; later shapes run eagerly."""
+    max_graphs: how many input shapes get a graph (CUDA graph or oneDNN Graph trunk); later shapes run eagerly.
+    onednn_graph: on CPU in float32, compile the trunk per input shape with oneDNN Graph (ignored elsewhere)."""
     if isinstance(model, tv.ResNet) and not isinstance(model, ResNet):
         model = from_torchvision(model)
     if isinstance(model, ResNet) and type(model)._forward_impl is ResNet._forward_impl \
@@ -303,4 +342,5 @@ def optimize_for_inference(model: nn.Module, dtype: Optional[torch.dtype] = None
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     if not isinstance(max_graphs, int) or max_graphs < 0:
         raise ValueError(f"max_graphs must be a non-negative int, got {max_graphs!r}")
-    return InferenceResNet(model, stages, pool, dtype, bool(cuda_graph), max_graphs, bool(track_updates))
+    return InferenceResNet(model, stages, pool, dtype, bool(cuda_graph), max_graphs, bool(track_updates),
+                           bool(onednn_graph))

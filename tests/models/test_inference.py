@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 import resnet_fast
+from resnet_fast.backends import onednn_graph
 from helpers import assert_close_to_ref, gpu_only
 
 
@@ -60,16 +61,22 @@ def assert_2x_eager(name, out, tv_model, x, dtype):
 def test_float32_matches_eval_model(arch, device):
     tv = make(arch, device)
     fast = resnet_fast.optimize_for_inference(tv)
+    per_conv = resnet_fast.optimize_for_inference(tv, onednn_graph=False)
     x = torch.randn(2, 3, 48, 48, device=device)
-    out = fast(x)
-    assert out.dtype == torch.float32 and out.shape == (2, 10)
-    assert_same(out, eval_output(tv, x), device)
-    assert_2x_eager("logits", out, tv, x, torch.float32)
+    expected = eval_output(tv, x)
+    for model in (fast, per_conv):
+        out = model(x)
+        assert out.dtype == torch.float32 and out.shape == (2, 10)
+        assert_same(out, expected, device)
+        assert_2x_eager("logits", out, tv, x, torch.float32)
     assert not tv.training  # the source model is left as it was
-    # CPU float32 on the native backend: folded weights prepacked once into oneDNN's layout.
+    # CPU float32 on the native backend: the trunk compiled by oneDNN Graph for this shape; per conv,
+    # folded weights prepacked once into oneDNN's layout.
     native_cpu = device == "cpu" and resnet_fast.backend_info()["cpu"]["conv_bias_act"] == "native"
-    assert fast.stem.prepack == native_cpu
-    assert (fast.stem._packed is not None and fast.stem._packed.layout == torch._mkldnn) == native_cpu
+    graph = native_cpu and onednn_graph.available(torch.device(device), torch.float32)
+    assert fast.graph_shapes == ([(2, 3, 48, 48)] if graph else [])
+    assert per_conv.stem.prepack == native_cpu and not per_conv.onednn_graph and not per_conv.graph_shapes
+    assert (per_conv.stem._packed is not None and per_conv.stem._packed.layout == torch._mkldnn) == native_cpu
 
 
 def test_bfloat16_against_float64(device):
@@ -99,8 +106,9 @@ def test_new_shapes_and_graph_cache_bound(device):
         assert_same(fast(x), eval_output(tv, x), device)
     x = torch.randn(2, 3, 32, 32, device=device, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     assert_same(fast(x), eval_output(tv, x.float()), device)
-    # CUDA: graphs for the first two shapes only, the third ran eagerly; CPU: never a graph.
-    assert fast.graph_shapes == ([(2, 3, 32, 32), (3, 3, 32, 32)] if device == "cuda" else [])
+    # CUDA graphs (or CPU oneDNN Graph trunks) for the first two shapes only, the third ran eagerly.
+    graphs = device == "cuda" or fast.onednn_graph
+    assert fast.graph_shapes == ([(2, 3, 32, 32), (3, 3, 32, 32)] if graphs else [])
 
 
 def test_refolds_after_source_changes(device):
