@@ -41,150 +41,36 @@ from collections import OrderedDict
 from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv
-from torchvision.ops import FrozenBatchNorm2d
 
-from . import _dispatch, bn_math, ops
 from .backends import onednn_graph as onednn_graph_mod
-from .backends import onednn_inference
 from .builders import from_torchvision
 from .cifar import CifarResNet
+from .frozen import CastLinear, FoldedConv, Frozen
 from .resnet import BasicBlock, Bottleneck, ResNet
-from .sync_bn import SyncBatchNorm2d
 
 __all__ = ["optimize_for_inference", "InferenceResNet"]
 
 _WARMUP_RUNS = 2
-_BATCHNORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, SyncBatchNorm2d)
-
-
-def _owner_dict(module: nn.Module, name: str) -> dict:
-    """The dict that holds module.<name> (its parameters, its buffers, or plain attributes)."""
-    return next((d for d in (module._parameters, module._buffers) if name in d), module.__dict__)
-
-
-class _Frozen:
-    """Tensors derived once from source tensors; `stale()` says when the sources changed since."""
-
-    def source_names(self) -> List[Tuple[nn.Module, str]]:
-        raise NotImplementedError
-
-    def sources(self) -> List[Tensor]:
-        return [t for t in (getattr(m, n) for m, n in self.source_names()) if t is not None]
-
-    def _state(self):
-        # Read straight from the modules' dicts (a reassigned Parameter lands there too): resnet50's
-        # 267 source tensors checked in ~70 us per call instead of ~300 us through nn.Module.__getattr__.
-        return [None if t is None else (t.data_ptr(), t._version) for t in [d.get(n) for d, n in self._slots]]
-
-    def stale(self) -> bool:
-        return self._state() != self._key
-
-    def refold(self) -> None:
-        for t in self.sources():
-            if t.device != self.device:
-                raise RuntimeError(f"the source model's {self.name} is now on {t.device}, but it was optimized for "
-                                   f"{self.device}; call optimize_for_inference again after moving a model")
-        with torch.no_grad():
-            self._fill()
-        self._slots = [(_owner_dict(m, n), n) for m, n in self.source_names()]
-        self._key = self._state()
-
-
-class _FoldedConv(_Frozen):
-    """conv -> BatchNorm as one conv_bias_act: W' [Cout, Cin/g, R, S] channels_last and b' [Cout], in dtype."""
-
-    def __init__(self, conv: nn.Conv2d, bn: nn.Module, dtype: torch.dtype, name: str):
-        _check_foldable(conv, bn, name)
-        self.conv, self.bn, self.name, self.device = conv, bn, name, conv.weight.device
-        self.args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
-        w = conv.weight
-        self.weight = torch.empty(w.shape, dtype=dtype, device=self.device, memory_format=torch.channels_last)
-        self.bias = torch.empty(w.shape[0], dtype=dtype, device=self.device)
-        self.prepack, self._packed = _dispatch.prepares_conv_weights(self.device.type), None
-        self.direct = self.prepack and onednn_inference.available(self.device, dtype)
-        self.refold()
-
-    def source_names(self) -> List[Tuple[nn.Module, str]]:
-        bn = self.bn
-        return [(self.conv, "weight"), (bn, "weight"), (bn, "bias"), (bn, "running_mean"), (bn, "running_var")]
-
-    def _state(self):
-        return super()._state() + [self.bn.eps]
-
-    def _fill(self) -> None:
-        bn = self.bn
-        w, b = bn_math.fold_bn(self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
-        self.weight.copy_(w)
-        self.bias.copy_(b)
-        self._packed = None
-
-    def __call__(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = True,
-                 residual_is_dead: bool = False) -> Tensor:
-        """residual_is_dead: the caller never reads residual again, so it may hold the result."""
-        if self.prepack:
-            if self._packed is None:
-                self._packed = _dispatch.prepare_conv_weight(self.weight, list(x.shape), *self.args)
-            if self.direct and self._packed.layout == torch._mkldnn:
-                return onednn_inference.conv(x, self._packed, self.bias, self.args, residual, relu,
-                                             residual_is_dead)
-            return ops.conv_bias_act(x, self._packed, self.bias, residual, relu, *self.args)
-        return ops.conv_bias_act(x, self.weight, self.bias, residual, relu, *self.args)
-
-
-class _CastLinear(_Frozen):
-    """nn.Linear with weight [out, in] and bias [out] cast to dtype once."""
-
-    def __init__(self, fc: nn.Linear, dtype: torch.dtype, name: str):
-        self.fc, self.name, self.device = fc, name, fc.weight.device
-        self.weight = torch.empty(fc.weight.shape, dtype=dtype, device=self.device)
-        self.bias = None if fc.bias is None else torch.empty(fc.bias.shape, dtype=dtype, device=self.device)
-        self.refold()
-
-    def source_names(self) -> List[Tuple[nn.Module, str]]:
-        return [(self.fc, "weight"), (self.fc, "bias")]
-
-    def _fill(self) -> None:
-        self.weight.copy_(self.fc.weight)
-        if self.bias is not None:
-            self.bias.copy_(self.fc.bias)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight, self.bias)
 
 
 class _Block(NamedTuple):
-    units: List[_FoldedConv]                          # conv-BN-ReLU chain; the last one adds the shortcut
-    shortcut: Union[None, _FoldedConv, nn.Module]     # None: identity; a folded projection; a parameterless module
+    units: List[FoldedConv]                          # conv-BN-ReLU chain; the last one adds the shortcut
+    shortcut: Union[None, FoldedConv, nn.Module]     # None: identity; a folded projection; a parameterless module
     residual: bool                                    # False: the paper's "plain" block, nothing added
-
-
-def _check_foldable(conv: nn.Module, bn: nn.Module, name: str) -> None:
-    if type(conv) is not nn.Conv2d or conv.bias is not None or conv.padding_mode != "zeros" \
-            or not isinstance(conv.padding, tuple):
-        raise TypeError(f"optimize_for_inference: {name} must be a bias-free nn.Conv2d with numeric zero padding, "
-                        f"got {conv!r}")
-    if type(bn) in _BATCHNORMS:  # in eval mode every one of these normalizes with its running statistics
-        if bn.running_mean is None or bn.running_var is None:
-            raise ValueError(f"optimize_for_inference: {name}'s {type(bn).__name__} has no running statistics "
-                             f"(track_running_stats=False), so there is nothing to fold")
-    elif type(bn) is not FrozenBatchNorm2d:
-        raise TypeError(f"optimize_for_inference: {name} must be followed by nn.BatchNorm2d (or a SyncBatchNorm) "
-                        f"or FrozenBatchNorm2d, got {type(bn).__name__}")
 
 
 def _plan_block(block: nn.Module, dtype: torch.dtype, name: str) -> _Block:
     if type(block) not in (BasicBlock, Bottleneck) or type(block.relu) is not nn.ReLU:
         raise TypeError(f"optimize_for_inference: {name} is a {type(block).__name__}; only torchvision's / "
                         f"resnet_fast's BasicBlock and Bottleneck with nn.ReLU are supported")
-    units = [_FoldedConv(c, b, dtype, f"{name}.conv{i + 1}") for i, (c, b) in enumerate(block._units())]
+    units = [FoldedConv(c, b, dtype, f"{name}.conv{i + 1}") for i, (c, b) in enumerate(block._units())]
     ds = block.downsample
     if ds is None:
         shortcut = None
     elif isinstance(ds, nn.Sequential) and len(ds) == 2:
-        shortcut = _FoldedConv(ds[0], ds[1], dtype, f"{name}.downsample")
+        shortcut = FoldedConv(ds[0], ds[1], dtype, f"{name}.downsample")
     elif not any(True for _ in itertools.chain(ds.parameters(), ds.buffers())):
         shortcut = ds  # e.g. the paper's option A (zero-padded identity): nothing to fold or cast
     else:
@@ -207,7 +93,7 @@ class InferenceResNet(nn.Module):
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         if type(model.relu) is not nn.ReLU:
             raise TypeError(f"optimize_for_inference: the stem's activation must be nn.ReLU, got {model.relu!r}")
-        self.stem = _FoldedConv(model.conv1, model.bn1, dtype, "conv1")
+        self.stem = FoldedConv(model.conv1, model.bn1, dtype, "conv1")
         self.blocks = [_plan_block(b, dtype, f"{lname}.{i}") for lname in stages
                        for i, b in enumerate(getattr(model, lname))]
         self.pools = (pool, model.avgpool)  # after the stem (None: CIFAR nets have none), before fc
@@ -215,14 +101,14 @@ class InferenceResNet(nn.Module):
             if p is not None and any(True for _ in p.parameters()):
                 raise TypeError(f"optimize_for_inference: pooling must be parameter-free, got {p!r}")
         # fc: nn.Linear is cast once; any other head (nn.Identity, a custom Sequential) runs as is.
-        self.__dict__["head"] = _CastLinear(model.fc, dtype, "fc") if type(model.fc) is nn.Linear else model.fc
-        self._frozen: List[_Frozen] = [self.stem, *(u for b in self.blocks for u in b.units),
-                                       *(b.shortcut for b in self.blocks if isinstance(b.shortcut, _FoldedConv)),
-                                       *([self.head] if isinstance(self.head, _CastLinear) else [])]
+        self.__dict__["head"] = CastLinear(model.fc, dtype, "fc") if type(model.fc) is nn.Linear else model.fc
+        self._frozen: List[Frozen] = [self.stem, *(u for b in self.blocks for u in b.units),
+                                       *(b.shortcut for b in self.blocks if isinstance(b.shortcut, FoldedConv)),
+                                       *([self.head] if isinstance(self.head, CastLinear) else [])]
         self._graphs: "OrderedDict[Tuple[int, ...], Tuple[torch.cuda.CUDAGraph, Tensor, Tensor]]" = OrderedDict()
         # CPU float32: a compiled trunk per input shape (None: the fuser made no partition; per-conv path).
         self.onednn_graph = bool(onednn_graph) and self.stem.direct and onednn_graph_mod.available(self.device, dtype) \
-            and all(b.shortcut is None or isinstance(b.shortcut, _FoldedConv) for b in self.blocks) \
+            and all(b.shortcut is None or isinstance(b.shortcut, FoldedConv) for b in self.blocks) \
             and onednn_graph_mod.supported_pools(list(self.pools))
         self._cpu_graphs: "OrderedDict[Tuple[int, ...], Optional[torch.jit.ScriptModule]]" = OrderedDict()
 
@@ -280,7 +166,7 @@ class InferenceResNet(nn.Module):
             x = pool(x)
         for units, shortcut, residual in self.blocks:
             r = None if not residual else x if shortcut is None else \
-                shortcut(x, relu=False) if isinstance(shortcut, _FoldedConv) else shortcut(x)
+                shortcut(x, relu=False) if isinstance(shortcut, FoldedConv) else shortcut(x)
             a = x
             for unit in units[:-1]:
                 a = unit(a)
@@ -307,7 +193,7 @@ class InferenceResNet(nn.Module):
         for f in self._frozen if self.track_updates else ():
             if f.stale():
                 f.refold()
-                if isinstance(f, _FoldedConv):
+                if isinstance(f, FoldedConv):
                     self._cpu_graphs.clear()
         with torch.no_grad():
             key = tuple(x.shape)
