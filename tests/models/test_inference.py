@@ -140,6 +140,33 @@ def test_refolds_after_source_changes(device):
         assert_same(m(x), eval_output(tv, x), device)
 
 
+
+@pytest.mark.skipif(not onednn_graph.available(torch.device("cpu"), torch.float32),
+                    reason="this torch has no TorchScript oneDNN Graph fuser")
+def test_onednn_graph_trunk_per_shape_dropped_on_refold():
+    """CPU float32: one compiled trunk per input shape; the process-wide fuser switch is restored; a
+    refold (here a running-statistics change) drops the trunk, whose frozen constants are the old weights."""
+    tv = make("resnet10")
+    fast = resnet_fast.optimize_for_inference(tv)
+    x = torch.randn(2, 3, 32, 32)
+    switch = torch.jit.onednn_fusion_enabled()
+    assert_same(fast(x), eval_output(tv, x), "cpu")
+    assert torch.jit.onednn_fusion_enabled() == switch
+    first = fast._cpu_graphs[(2, 3, 32, 32)]
+    assert first is not None and fast.graph_shapes == [(2, 3, 32, 32)]
+    assert_same(fast(x), eval_output(tv, x), "cpu")  # replayed, same numbers
+    assert fast._cpu_graphs[(2, 3, 32, 32)] is first
+    with torch.no_grad():
+        tv.layer1[0].bn1.running_var.mul_(4.0)
+    assert_same(fast(x), eval_output(tv, x), "cpu")
+    assert fast._cpu_graphs[(2, 3, 32, 32)] is not first
+    # fc alone changing keeps the trunk (fc runs after it)
+    second = fast._cpu_graphs[(2, 3, 32, 32)]
+    with torch.no_grad():
+        tv.fc.weight.mul_(2.0)
+    assert_same(fast(x), eval_output(tv, x), "cpu")
+    assert fast._cpu_graphs[(2, 3, 32, 32)] is second
+
 def test_bad_input_and_unsupported_models():
     fast = resnet_fast.optimize_for_inference(make("resnet10"))
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\).*\(2, 4, 32, 32\)"):
