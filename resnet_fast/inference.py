@@ -142,7 +142,7 @@ class InferenceResNet(nn.Module):
                 return None
             self._cpu_graphs[key] = onednn_graph_mod.compile_trunk(self._trunk(), x)
         trunk = self._cpu_graphs[key]
-        return None if trunk is None else self.head(trunk(x))
+        return None if trunk is None else self.head(onednn_graph_mod.run_trunk(trunk, x))
 
     def _apply(self, fn, recurse=True):
         raise RuntimeError("an InferenceResNet is fixed to the device and dtype it was built for; move or cast the "

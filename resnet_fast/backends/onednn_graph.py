@@ -78,7 +78,7 @@ def compile_trunk(trunk: Trunk, example: Tensor) -> Optional[torch.jit.ScriptMod
     runs = 1 + (torch._C._jit_get_num_profiled_runs() if hasattr(torch._C, "_jit_get_num_profiled_runs") else 1)
     try:
         torch.jit.enable_onednn_fusion(True)
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), torch.autocast("cpu", enabled=False):
             warnings.simplefilter("ignore")  # TorchScript's deprecation notices: this use is internal
             traced = torch.jit.freeze(torch.jit.trace(trunk.eval(), example, check_trace=False))
             for _ in range(runs + 1):
@@ -87,6 +87,12 @@ def compile_trunk(trunk: Trunk, example: Tensor) -> Optional[torch.jit.ScriptMod
     finally:
         torch.jit.enable_onednn_fusion(before)
     return traced if fused else None
+
+
+def run_trunk(trunk: torch.jit.ScriptModule, x: Tensor) -> Tensor:
+    """The compiled trunk on x (float32 CPU autocast off: the trace is float32, as it was compiled)."""
+    with torch.autocast("cpu", enabled=False):
+        return trunk(x)
 
 
 def supported_pools(pools: List[Optional[nn.Module]]) -> bool:
