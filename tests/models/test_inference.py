@@ -167,6 +167,17 @@ def test_onednn_graph_trunk_per_shape_dropped_on_refold():
     assert_same(fast(x), eval_output(tv, x), "cpu")
     assert fast._cpu_graphs[(2, 3, 32, 32)] is second
 
+
+def test_groups_and_dilation_both_cpu_paths():
+    """Grouped and dilated convs (ResNeXt-style, replace_stride_with_dilation) on the default path (on CPU
+    float32 the oneDNN Graph trunk) and the per-conv path, against float64."""
+    tv = _randomize_norms(torchvision.models.ResNet(
+        torchvision.models.resnet.Bottleneck, [1, 1, 1, 1], groups=4, width_per_group=8, num_classes=10,
+        replace_stride_with_dilation=[False, True, True])).eval()
+    x = torch.randn(2, 3, 40, 40)
+    for model in (resnet_fast.optimize_for_inference(tv), resnet_fast.optimize_for_inference(tv, onednn_graph=False)):
+        assert_2x_eager("grouped / dilated logits", model(x), tv, x, torch.float32)
+
 def test_bad_input_and_unsupported_models():
     fast = resnet_fast.optimize_for_inference(make("resnet10"))
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\).*\(2, 4, 32, 32\)"):
