@@ -121,7 +121,7 @@ def conv_bn(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, updates
         res = _cast(materialize(residual), x.dtype) if residual is not None else None
         # The folded shift stays in float32 under autocast (eager applies BatchNorm in float32 too).
         w, b = _cast(w, x.dtype), _cast(b, conventions.stat_dtype(x.dtype) if cast is not None else x.dtype)
-        return Pending(ops.conv_bias_act(x, w, b, res, relu, stride, padding, dilation, groups))
+        return Pending(ops.conv_bias_act_call(x, w, b, res, relu, stride, padding, dilation, groups))
     if _dispatch.training_style(a.y.device.type) == "materialized" and type(bn) is nn.BatchNorm2d:
         return _conv_bn_materialized(a, conv, bn, relu, updates, residual, cast)
     x = _cast(a.y, cast)
