@@ -2,7 +2,7 @@
 (a few (C,) tensors per BatchNorm: no kernel to choose, so no dispatch): the finalize step and its
 backward, the running-statistics update, and the eval-mode fold into the conv."""
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -41,6 +41,23 @@ def update_running_stats(running_mean: Tensor, running_var: Tensor, num_batches_
     with torch.no_grad():
         running_mean.copy_(running_mean * (1 - factor) + mean.to(running_mean.dtype) * factor)
         running_var.copy_(running_var * (1 - factor) + unbiased.to(running_var.dtype) * factor)
+
+
+def update_running_stats_many(running_means: List[Tensor], running_vars: List[Tensor],
+                              num_batches_tracked: List[Optional[Tensor]], means: List[Tensor], vars_: List[Tensor],
+                              counts: List[int], momenta: List[float]) -> None:
+    """update_running_stats for many BatchNorms with a momentum each, as foreach ops: the same elementwise
+    arithmetic (running*(1 - f) + batch*f, unbiased var = var*count/(count - 1)), so the same numbers."""
+    counters = [t for t in num_batches_tracked if t is not None]
+    if counters:
+        torch._foreach_add_(counters, 1)
+    unbiased = torch._foreach_mul(vars_, [c / max(c - 1, 1) for c in counts])
+    with torch.no_grad():
+        for running, batch in ((running_means, means), (running_vars, unbiased)):
+            batch = [b if b.dtype == r.dtype else b.to(r.dtype) for b, r in zip(batch, running)]
+            new = torch._foreach_mul(running, [1 - f for f in momenta])
+            torch._foreach_add_(new, torch._foreach_mul(batch, momenta))
+            torch._foreach_copy_(running, new)
 
 
 def fold_bn(conv_weight: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor], running_mean: Tensor,

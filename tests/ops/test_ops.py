@@ -242,3 +242,24 @@ def test_conv_bias_act_plain_eager_call_is_the_op(fmt, device):
     out = ops.conv_bias_act_call(xg, w, b, r, True, s, p, d, g)
     assert out.grad_fn is not None
     assert torch.equal(out.detach(), ops.conv_bias_act(x, w, b, r, True, s, p, d, g))
+
+
+def test_update_running_stats_many_is_the_op_bitwise(device):
+    """apply_updates' batched path (bn_math.update_running_stats_many) gives exactly the numbers of one op per
+    BatchNorm, counters included (one BatchNorm without num_batches_tracked)."""
+    from resnet_fast import bn_math
+
+    def state(seed):
+        g = torch.Generator().manual_seed(seed)
+        return [(torch.randn(c, generator=g).to(device), torch.rand(c, generator=g).to(device) + 0.5,
+                 torch.tensor(3, device=device) if c != 7 else None) for c in (5, 7, 16)]
+    stats = [(vec(c, device, low=-1, high=1), vec(c, device)) for c in (5, 7, 16)]
+    counts, momenta = [30, 4, 2], [0.1, 0.3, 0.01]
+    one, many = state(0), state(0)
+    for (rm, rv, nbt), (m, v), n, f in zip(one, stats, counts, momenta):
+        ops.update_running_stats(rm, rv, nbt, m, v, n, f)
+    bn_math.update_running_stats_many([s[0] for s in many], [s[1] for s in many], [s[2] for s in many],
+                                      [s[0] for s in stats], [s[1] for s in stats], counts, momenta)
+    for a, b in zip(one, many):
+        for x, y in zip(a, b):
+            assert (x is None and y is None) or torch.equal(x, y)
