@@ -1,5 +1,7 @@
 """conv_bn_stats_backward closed in Triton (the bfloat16 plan: no cuDNN fused engines there), with the op's
-signature as a registry override (primitives P first); not declared in the registry yet. Two kernels,
+signature as a registry override (primitives P first): the "triton-closed" engine of the Triton backend's
+conv_bn_stats_backward (resnet_fast.backends.TRITON_ENGINES), chosen per shape by the dispatch table or forced
+with resnet_fast.use_engine("conv_bn_stats_backward", "triton-closed"); unverified on a GPU. Two kernels,
 neither of which writes dY or the normalized input:
     dW        = wgrad_kernels.wgrad: dY (the BN statistics' chain rule) and the previous BN + ReLU on load;
     dx, sums  = dgrad_kernels.dgrad: dY on load, the ReLU mask and the dBN sums in the epilogue;
@@ -9,6 +11,7 @@ Groups fall back to the composite over P (aten dgrad / wgrad): ResNeXt keeps tha
 
 from typing import List, Sequence
 
+import torch
 from torch import Tensor
 
 from ... import composites
@@ -17,8 +20,16 @@ from .dgrad_kernels import dgrad
 from .wgrad_kernels import wgrad
 
 
-def conv_bn_stats_backward(P, grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias, in_relu, weight, y, mean,
-                           stride, padding, dilation, groups, output_mask: Sequence[bool]) -> List[Tensor]:
+def conv_bn_stats_backward(P, *args) -> List[Tensor]:
+    x = args[3]
+    if x.device.type != "cuda":
+        return _closed(P, *args)
+    with torch.cuda.device(x.device):  # Triton launches on the current device; custom ops get no guard
+        return _closed(P, *args)
+
+
+def _closed(P, grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias, in_relu, weight, y, mean, stride, padding,
+            dilation, groups, output_mask: Sequence[bool]) -> List[Tensor]:
     if groups != 1:
         return composites.conv_bn_stats_backward(P, grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias,
                                                  in_relu, weight, y, mean, stride, padding, dilation, groups,
