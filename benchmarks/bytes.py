@@ -15,7 +15,7 @@ Engines (each counted from its own code path, see bytes_record.py):
                  backward (SBR-conv-genstats; SBR-wgrad, dgrad-dReLU), the GPU backend for the rest;
   triton-closed  the backward closed in Triton (planned for bfloat16, counted in float16 too): the Triton backend's
                  closed_backward.py, wgrad and dgrad with the chain rule on load, the BN+ReLU prologue, dReLU
-                 and the dBN sums fused (not wired into the dispatch yet); the forward as triton-gemm.
+                 and the dBN sums fused (the "triton-closed" engine of the dispatch table); the forward as triton-gemm.
 Figures are lower bounds per launch (each operand read or written once). Running-statistics and
 per-channel vector ops are counted (they are tiny); the optimizer step is not (the same for all).
 """

@@ -1,7 +1,8 @@
 """The closed Triton backward as the Triton backend's "triton-closed" engine of conv_bn_stats_backward, through
 torch.ops.resnet_fast and autograd: forced with resnet_fast.use_engine and chosen by a dispatch-table entry,
 gradients of x, weight, in_mean, in_scale, in_bias against the reference composite in float64, held to 2x
-eager's own error in the same dtype. Under TRITON_INTERPRET=1 on CPU (float32, float16)."""
+eager's own error in the same dtype. Under TRITON_INTERPRET=1 on CPU (float32, float16); on a GPU also
+bfloat16 (the interpreter's bfloat16 dot is wrong). The GPU instances have not run yet."""
 
 import pytest
 import torch
@@ -43,17 +44,20 @@ def counted(monkeypatch):
 
 @pytest.mark.parametrize("dtype,case", [(torch.float32, (2, 6, 7, 6, 9, 3, 2, 1)),
                                         (torch.float32, (2, 7, 5, 5, 17, 1, 1, 0)),
-                                        (torch.float16, (2, 6, 7, 6, 9, 3, 1, 1))])
-def test_forced_engine_matches_the_reference(dtype, case, force_backend, counted):
-    force_backend("triton", "cpu")
+                                        (torch.float16, (2, 6, 7, 6, 9, 3, 1, 1)),
+                                        (torch.bfloat16, (2, 6, 7, 6, 9, 3, 1, 1))])
+def test_forced_engine_matches_the_reference(dtype, case, device, force_backend, counted):
+    if dtype == torch.bfloat16 and device == "cpu":
+        pytest.skip("the Triton interpreter's bfloat16 dot is wrong: bfloat16 runs on a GPU only")
+    force_backend("triton", device)
     n, c, h, w, k, r, s, p = case
     conv = ([s, s], [p, p], [1, 1])
-    x = torch.randn(n, c, h, w, dtype=torch.float64) + 0.5
-    wt = torch.randn(k, c, r, r, dtype=torch.float64) / (c * r * r) ** 0.5
-    pro = (torch.randn(c, dtype=torch.float64), torch.rand(c, dtype=torch.float64) + 0.5,
-           torch.randn(c, dtype=torch.float64))
+    f64 = dict(dtype=torch.float64, device=device)
+    x = torch.randn(n, c, h, w, **f64) + 0.5
+    wt = torch.randn(k, c, r, r, **f64) / (c * r * r) ** 0.5
+    pro = (torch.randn(c, **f64), torch.rand(c, **f64) + 0.5, torch.randn(c, **f64))
     y = ref.conv_bn_stats(x, *pro, True, wt, *conv, 1)[0]
-    seeds = (torch.randn_like(y), torch.randn(k, dtype=torch.float64), torch.randn(k, dtype=torch.float64))
+    seeds = (torch.randn_like(y), torch.randn(k, **f64), torch.randn(k, **f64))
     want = _grads(ref.conv_bn_stats, torch.float64, x, pro, wt, conv, seeds)
     eager = _grads(ref.conv_bn_stats, dtype, x, pro, wt, conv, seeds)
     with resnet_fast.use_engine("conv_bn_stats_backward", "triton-closed"):

@@ -1,5 +1,5 @@
 """Weight gradient of a conv -> BN -> ReLU unit in one Triton kernel, with both of its inputs formed on load
-(the bfloat16 backward closed in Triton; not wired into the backend yet):
+(the bfloat16 backward closed in Triton; closed_backward.py, the "triton-closed" engine):
 
     dW[co, ci, r, s] = sum_m dY[m, co] * A[m, (r, s, ci)]          m = (n, p, q) an output pixel
     dY[m, co] = grad_y[m, co] + a[co]*(y[m, co] - mean[co]) + c[co]  (CHAIN: the BN statistics' chain rule,
