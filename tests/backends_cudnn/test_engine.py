@@ -87,13 +87,14 @@ def test_bindings_are_nhwc_with_the_graphs_dtypes():
         y, mean, var = torch.randn_like(y), torch.randn_like(mean), torch.rand_like(var)  # (outputs never computed)
         engine.conv_bn_stats_backward(P, torch.randn_like(y), mean, var, x, m, sc, b, True, wt, y, mean, stride,
                                       padding, dil, 1, [True, True, True, True, True])
-    assert [c[0].pattern for c in rec.calls] == ["fprop", "wgrad", "dgrad"]
+    assert [c[0].pattern for c in rec.calls] == ["fprop", "wgrad", "dgrad_dbn"]
     for unit, tensors in rec.calls:
         check_bindings(unit, tensors)  # raises on any shape / stride / dtype mismatch
         assert tensors["x"].is_contiguous(memory_format=CL) and tensors["scale"].dtype == torch.float16
         assert unit.prologue and unit.stride == (2, 2)
     assert logged == [("cudnn.fprop+sbr", "conv", 4, 3), ("cudnn.wgrad+sbr", "conv", 4, 1),
-                      ("cudnn.dgrad+sbr", "conv", 5, 1)]
+                      ("cudnn.dgrad_dbn+sbr", "conv", 7, 3)]  # dx and both dBN sums from the dgrad epilogue
+    assert rec.calls[2][1]["in_scale"].dtype == rec.calls[2][1]["sum"].dtype == torch.float32
     with pytest.raises(ValueError, match="strides"):
         check_bindings(rec.calls[0][0], {**rec.calls[0][1], "x": x.contiguous()})
 
@@ -166,4 +167,4 @@ def test_registry_entry_loads_and_serves_through_the_engine(monkeypatch):
         y, mean, var = torch.randn_like(y), torch.randn_like(mean), torch.rand_like(var)
         table["conv_bn_stats_backward"](torch.randn_like(y), mean, var, x, m, sc, b, True, wt, y, mean, stride,
                                         padding, dil, 1, [True] * 5)
-    assert [u.pattern for u, _ in rec.calls] == ["fprop", "wgrad", "dgrad"]
+    assert [u.pattern for u, _ in rec.calls] == ["fprop", "wgrad", "dgrad_dbn"]

@@ -46,7 +46,7 @@ def expected_support(unit: UnitGraph) -> bool:
     (the 3-channel stem); bfloat16 no fused fprop (genstats) and no SBR-wgrad."""
     if unit.dtype == torch.float16:
         return not (unit.pattern == "fprop" and unit.c < 8)
-    return unit.pattern == "dgrad" or (unit.pattern == "wgrad" and not unit.prologue)
+    return unit.pattern in ("dgrad", "dgrad_dbn") or (unit.pattern == "wgrad" and not unit.prologue)
 
 
 def stub_source() -> str:
@@ -93,6 +93,8 @@ def resnet_unit_graphs(arch: str, batch: int, dtype: torch.dtype, image: int = 2
         if conv.groups != 1:
             continue
         for pattern in patterns:
+            if pattern.startswith("dgrad") and prologue != (pattern == "dgrad_dbn"):
+                continue  # the engine's dgrad: with the prologue dgrad_dbn (dReLU + dBN sums fused), else plain
             g = UnitGraph(pattern, n, c, h, w, conv.out_channels, *conv.kernel_size, tuple(conv.stride),
                           tuple(conv.padding), tuple(conv.dilation), prologue, dtype)
             if g not in graphs:
