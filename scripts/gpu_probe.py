@@ -223,7 +223,8 @@ def whole_step(dtypes, device, dry, reps, budget, entries):
             chosen = entries if name.endswith("table") else {}
 
             def step():
-                with tables.installed(device.type, chosen), torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+                amp = torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda")
+                with tables.installed(device.type, chosen), amp:
                     loss = torch.nn.functional.cross_entropy(model(x), target)
                     loss.backward()
 
@@ -237,7 +238,8 @@ def whole_step(dtypes, device, dry, reps, budget, entries):
 
 def markdown(rows, table, steps, props) -> str:
     lines = ["# GPU probe", "", f"device properties: {props}", "", "| dtype | shape (n c h w k r s p prologue) | "
-             "direction | engine | ms | agrees with aten (worst err / bound) |", "| --- | --- | --- | --- | --- | --- |"]
+             "direction | engine | ms | agrees with aten (worst err / bound) |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         res = r.get("error") or r.get("skipped") or ""
         lines.append(f"| {r['dtype']} | {r['shape']} | {r['direction']} | {r['engine']} | {r['ms']:.4} | "
@@ -250,7 +252,8 @@ def markdown(rows, table, steps, props) -> str:
     for k, e in table["entries"].items():
         chosen.setdefault(f"{k.split('|')[0]} {k.split('|')[1]}", []).append(e["engine"])
     lines += ["", f"dispatch table: {len(table['entries'])} entries (dispatch_table-<device>.json); chosen: "
-              + "; ".join(f"{g}: " + ", ".join(f"{n} x{v.count(n)}" for n in sorted(set(v))) for g, v in chosen.items())]
+              + "; ".join(f"{g}: " + ", ".join(f"{n} x{v.count(n)}" for n in sorted(set(v)))
+                          for g, v in chosen.items())]
     return "\n".join(lines) + "\n"
 
 

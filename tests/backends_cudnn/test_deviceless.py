@@ -61,6 +61,14 @@ def test_bfloat16_support_is_as_documented(stub_dir):
         assert r["supported"] == documented == deviceless.expected_support(_unit(g)), json.dumps(r)
 
 
+def test_chain_rule_cannot_be_a_prologue_of_the_loss_operand(stub_dir):
+    """Why the cuDNN engine keeps its chain-rule pass (dy = grad_y + a*(y - mean) + c): no engine fuses it into
+    the dgrad or SBR-wgrad loss operand. A cuDNN that does fails here: fuse it then (engine.py)."""
+    rows = deviceless.check_in_subprocess(["resnet50"], 256, "float16", stub_dir, extra=["--chain-rule"])
+    assert [(r["pattern"], r["supported"]) for r in rows] == [("dgrad", False), ("wgrad", False)], rows
+    assert all(r["reason"].startswith("cudnnGraphNotSupportedError") for r in rows), rows  # built, no engine
+
+
 def test_stub_answers_no_device(stub_dir):
     """Checked in a child process: the stub must never be loaded into this one (torch and triton load libcuda)."""
     import subprocess

@@ -88,7 +88,7 @@ def test_every_engine_runs_a_step_and_fused_engines_skip_eager_passes(tiny_resul
             assert not ops & {"aten.native_batch_norm", "aten.relu_", "aten.native_batch_norm_backward"}, name
         if name == "triton-gemm":
             assert "aten.convolution" not in ops and "_conv_fwd_kernel" in ops
-        if name in ("triton-closed", "cudnn+closed"):  # conv backward only in the fused Triton kernels; no chain-rule pass
+        if name in ("triton-closed", "cudnn+closed"):  # conv backward only in the fused Triton kernels, no chain pass
             assert "aten.convolution_backward" not in ops and {"_wgrad_kernel", "_dgrad_kernel"} <= ops
             assert not [lc for lc in launches if lc.op == "conv_bn_stats_backward" and lc.kind == "memory"
                         and lc.name.startswith("_bn_act")]

@@ -41,7 +41,8 @@ def fake(monkeypatch):
     row = backends.Backend("fake", ("cpu",), "input", "resnet_fast.backends.eager", engines={
         "conv_bn_stats": {"spy": Engine("fake_engine_module:fwd", (F32,)),
                           "gpu-only": Engine("fake_engine_module:gpu", (F32,), ("cuda",)),
-                          "no-package": Engine("fake_engine_module:gpu", (F32,), ("cpu",), "fake_engine_module:absent")},
+                          "no-package": Engine("fake_engine_module:gpu", (F32,), ("cpu",),
+                                               "fake_engine_module:absent")},
         "conv_bn_stats_backward": {"spy": Engine("fake_engine_module:bwd", (F32, F64))}})
     monkeypatch.setitem(backends.BACKENDS, "fake", row)
     monkeypatch.setattr(backends, "_requirements", {})

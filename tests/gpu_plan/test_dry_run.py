@@ -42,7 +42,8 @@ import plan_workloads
 probe = sm90_compile.Recorder()
 with probe.record():
     plan_workloads.probe()  # the GPU probe's Triton engines, the closed backward's kernels among them
-closed = [next(s for s in probe.specs.values() if s["kernel"] == k and s["half"]) for k in ("_wgrad_kernel", "_dgrad_kernel")]
+closed = [next(s for s in probe.specs.values() if s["kernel"] == k and s["half"])
+          for k in ("_wgrad_kernel", "_dgrad_kernel")]
 res = sm90_compile.compile_all([keys["1x1_spec"], *closed], workers=1)
 print(json.dumps({"keys": {k: v for k, v in keys.items() if not k.endswith("_spec")}, "result": res[0],
                   "closed": res[1:], "probe_kernels": sorted({s["kernel"] for s in probe.specs.values()})}))

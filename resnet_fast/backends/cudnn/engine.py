@@ -12,7 +12,8 @@ Backward:             dy = grad_y + (y - mean)*2*grad_var/M + grad_mean/M    (P.
                       without a prologue: dx = dgrad graph(dy, W)
 with scale' = in_scale, bias' = in_bias - in_mean*in_scale in the activations' dtype. The chain rule stays a
 pass of its own: no cuDNN engine takes a pointwise prologue on the dgrad / wgrad loss operand (deviceless
-check_support, cuDNN 9.24, sm_90: "no valid engine configs"); the Triton closed backward applies it on load. Note the variance
+check_support, cuDNN 9.24, sm_90: "no valid engine configs"); the Triton closed backward applies it on load.
+Note the variance
 comes from sums (E[y^2] - E[y]^2, as cuDNN's genstats gives them): less robust than the Triton
 backend's Chan merge when |mean| >> std.
 

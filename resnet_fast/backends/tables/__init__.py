@@ -68,10 +68,11 @@ def x_of(op: str, args: Sequence) -> torch.Tensor:
 def call_key(op: str, args: Sequence) -> str:
     """The table key of one op call (the op's own argument order, see resnet_fast/ops.py)."""
     if op == "conv_bn_stats":
-        x, in_scale, in_relu, weight, (stride, padding, dilation, groups) = args[0], args[2], args[4], args[5], args[6:10]
+        x, in_scale, in_relu, weight = args[0], args[2], args[4], args[5]
+        stride, padding, dilation, groups = args[6:10]
     else:
-        x, in_scale, in_relu, weight, (stride, padding, dilation, groups) = args[3], args[5], args[7], args[8], \
-            args[11:15]
+        x, in_scale, in_relu, weight = args[3], args[5], args[7], args[8]
+        stride, padding, dilation, groups = args[11:15]
     _, c, h, w = x.shape
     k, _, r, s = weight.shape
     return key(x.dtype, DIRECTIONS[op], c, h, w, k, r, s, stride, padding, dilation, groups, in_scale is not None,
