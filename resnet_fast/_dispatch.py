@@ -157,7 +157,8 @@ def use_engine(op: str, name: str) -> Iterator[None]:
     """Within the block, engine `name` serves `op` (conv_bn_stats or conv_bn_stats_backward) on every backend
     that declares it, for each call it can serve (its dtypes, devices, package); other calls keep the
     backend's default. This bypasses the dispatch table and its check against aten: the caller's choice.
-    ValueError for an op without engines or an unknown engine name."""
+    ValueError for an op without engines or an unknown engine name. The GPU engines (triton-closed,
+    cudnn-fused, triton-gemm through this switch) have been tested on CPU only, never run on a GPU."""
     with backends.tables.forced(op, name):
         yield
 
@@ -211,5 +212,6 @@ def backend_info() -> Dict[str, object]:
         info[f"{dev}_fused_overrides"] = sorted(decl.overrides)
         if decl.engines:
             info[f"{dev}_engines"] = {op: sorted(e) for op, e in decl.engines.items()}
+            info[f"{dev}_dispatch_table_entries"] = len(backends.tables.entries_for(torch.device(dev)))
     info["undispatched"] = "bn_finalize, update_running_stats: resnet_fast.bn_math on every device"
     return info
