@@ -113,7 +113,9 @@ def test_entries_without_a_passing_check_are_refused():
     bad = {"unchecked": _entry("triton-closed", check=None),
            "failed": _entry("triton-closed", check={**CHECK, "passed": False}),
            "unknown engine": _entry("warp-drive"),
-           "forward engine on bwd": _entry("triton-gemm")}
+           "forward engine on bwd": _entry("triton-gemm"),
+           "engine not a name": _entry(["triton-closed"]),
+           "check not an object": _entry("triton-closed", check=True)}
     for why, entry in bad.items():
         with pytest.raises(tables.TableError, match="refused 1 entries"):
             tables.parse({**doc, "entries": {key: entry}}, why)
@@ -152,7 +154,8 @@ def test_a_bad_file_raises_when_strict_and_is_ignored_with_a_warning_at_run_time
     table, calls = fake
     args = _unit()
     path = tmp_path / "table.json"
-    for content in ("{not json", json.dumps({"format": "something else"}), json.dumps([1, 2])):
+    malformed = {"format": tables.FORMAT, "device": {}, "versions": ["torch"], "entries": {}}
+    for content in ("{not json", json.dumps({"format": "something else"}), json.dumps([1, 2]), json.dumps(malformed)):
         path.write_text(content)
         with pytest.raises(tables.TableError, match="table.json"):
             tables.load_file(str(path))

@@ -124,6 +124,13 @@ def _known_engines() -> Dict[str, set]:
 def parse(data, source: str, dev: Optional[Dict[str, str]] = None, strict: bool = True) -> Dict[str, dict]:
     """The usable entries of a table file's content. File-level problems raise TableError; a bad entry raises
     in strict mode and is dropped with a warning otherwise (an unchecked engine is never chosen)."""
+    try:
+        return _parse(data, source, dev, strict)
+    except (TypeError, AttributeError, KeyError) as e:  # a value of the wrong JSON type somewhere
+        raise TableError(f"{source}: malformed ({type(e).__name__}: {e})") from None
+
+
+def _parse(data, source, dev, strict):
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise TableError(f"{source}: not a resnet_fast dispatch table (format must be {FORMAT!r})")
     if not isinstance(data.get("entries"), dict) or not isinstance(data.get("device"), dict):
@@ -141,7 +148,8 @@ def parse(data, source: str, dev: Optional[Dict[str, str]] = None, strict: bool 
         problem = None
         if not isinstance(k, str) or not _KEY.match(k):
             problem = "malformed key"
-        elif not isinstance(e, dict) or e.get("engine") not in known.get(OPS_OF[k.split("|")[1]], ()):
+        elif not isinstance(e, dict) or not isinstance(e.get("engine"), str) or \
+                e["engine"] not in known.get(OPS_OF[k.split("|")[1]], ()):
             problem = f"unknown engine {e.get('engine') if isinstance(e, dict) else e!r}"
         elif not isinstance(e.get("check"), dict) or e["check"].get("passed") is not True:
             problem = "no passing check against aten"
