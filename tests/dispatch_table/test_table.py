@@ -114,7 +114,7 @@ def test_entries_without_a_passing_check_are_refused():
            "failed": _entry("triton-closed", check={**CHECK, "passed": False}),
            "unknown engine": _entry("warp-drive"),
            "forward engine on bwd": _entry("triton-gemm"),
-           "engine not a name": _entry(["triton-closed"]),
+           "engine not a name": {**_entry("triton-closed"), "engine": ["triton-closed"]},
            "check not an object": _entry("triton-closed", check=True)}
     for why, entry in bad.items():
         with pytest.raises(tables.TableError, match="refused 1 entries"):
