@@ -201,3 +201,16 @@ def test_use_engine_and_the_environment_force_an_engine(fake, monkeypatch):
     with pytest.raises(ValueError, match="RESNET_FAST_ENGINE"):
         table["conv_bn_stats_backward"](*_bwd_args(args))
     monkeypatch.setattr(tables, "_env_forced", None)
+
+
+def test_the_registry_checks_engine_declarations(monkeypatch):
+    bad = backends.Backend("bad", ("cpu",), "input", "resnet_fast.backends.eager",
+                           engines={"bn_act": {"x": Engine("resnet_fast.composites:bn_act", (F32,))}})
+    monkeypatch.setitem(backends.BACKENDS, "bad", bad)
+    with pytest.raises(ValueError, match="declares engines for \\['bn_act'\\]"):
+        backends._check_table()
+    missing = backends.Backend("bad", ("cpu",), "input", "resnet_fast.backends.eager",
+                               engines={"conv_bn_stats": {"x": Engine("resnet_fast.composites:nope", (F32,))}})
+    monkeypatch.setitem(backends.BACKENDS, "bad", missing)
+    with pytest.raises(AttributeError, match="resnet_fast.composites:nope does not exist"):
+        backends.load("bad")
