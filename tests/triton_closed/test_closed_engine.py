@@ -68,17 +68,17 @@ def test_forced_engine_matches_the_reference(dtype, case, device, force_backend,
         assert_close_to_ref(f"d {name}", g, e, wn, dtype=dtype)
 
 
-def test_table_entry_chooses_the_engine_per_shape(force_backend, counted):
-    force_backend("triton", "cpu")
-    x, w = torch.randn(2, 5, 6, 6), torch.randn(7, 5, 3, 3) / 6
-    pro = (torch.randn(5), torch.rand(5) + 0.5, torch.randn(5))
+def test_table_entry_chooses_the_engine_per_shape(device, force_backend, counted):
+    force_backend("triton", device)
+    x, w = torch.randn(2, 5, 6, 6, device=device), torch.randn(7, 5, 3, 3, device=device) / 6
+    pro = (torch.randn(5, device=device), torch.rand(5, device=device) + 0.5, torch.randn(5, device=device))
     conv = ([1, 1], [1, 1], [1, 1])
-    seeds = (torch.randn(2, 7, 6, 6, dtype=torch.float64), torch.randn(7, dtype=torch.float64),
-             torch.randn(7, dtype=torch.float64))
+    f64 = dict(dtype=torch.float64, device=device)
+    seeds = (torch.randn(2, 7, 6, 6, **f64), torch.randn(7, **f64), torch.randn(7, **f64))
     key = tables.key(torch.float32, "bwd", 5, 6, 6, 7, 3, 3, *conv, 1, True, True)
     entry = {"engine": "triton-closed", "n": 2, "ms": {"triton-closed": 1.0, "aten+triton": 2.0},
              "check": {"against": "test", "passed": True}}
-    with tables.installed("cpu", {key: entry}):
+    with tables.installed(device, {key: entry}):
         got = _grads(ops.conv_bn_stats, torch.float32, x, pro, w, conv, seeds)
         assert counted == [torch.float32]
         _grads(ops.conv_bn_stats, torch.float32, x[:, :4], [v[:4] for v in pro], w[:, :4], conv,
