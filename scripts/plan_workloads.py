@@ -138,6 +138,7 @@ def tests():
     bn_cases((2, 5, 4, 3), torch.float64)
     closed_units([(2, 6, 7, 6, 9, 3, 2, 1, 1, 1), (2, 7, 5, 5, 17, 1, 1, 0, 1, 1), (2, 6, 7, 6, 9, 3, 1, 1, 1, 1)],
                  (torch.float32, *HALF))  # tests/triton_closed/test_closed_engine.py on the GPU
+    closed_units([(2, 5, 6, 6, 7, 3, 1, 1, 1, 1)], (torch.float32,))
     with engine("triton"):
         for arch, dtype in itertools.product(("resnet18", "resnet50"), (torch.float32, *HALF)):
             model_step(arch, 4, 64, dtype)
