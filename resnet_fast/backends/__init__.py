@@ -96,11 +96,13 @@ BACKENDS: Dict[str, Backend] = {b.name: b for b in (
                        "conv_bias_act": "resnet_fast.backends.triton.backend:conv_bias_act"},
             engines=TRITON_ENGINES),
     # cuDNN fused graphs (float16) over the Triton primitives; other dtypes fall back to the composite.
-    # Opt-in only (RESNET_FAST_BACKEND=cudnn / use_backend("cudnn")): never run on a GPU yet.
+    # Opt-in only (RESNET_FAST_BACKEND=cudnn / use_backend("cudnn")): never run on a GPU yet. The same engines
+    # as the Triton row (a table entry or use_engine can send e.g. bfloat16 backward to triton-closed).
     Backend("cudnn", devices=("cuda",), layout="channels_last", primitives="resnet_fast.backends.triton.backend",
             overrides={"conv_bn_stats": "resnet_fast.backends.cudnn.engine:conv_bn_stats",
                        "conv_bn_stats_backward": "resnet_fast.backends.cudnn.engine:conv_bn_stats_backward",
-                       "conv_bias_act": "resnet_fast.backends.triton.backend:conv_bias_act"}),
+                       "conv_bias_act": "resnet_fast.backends.triton.backend:conv_bias_act"},
+            engines=TRITON_ENGINES),
 )}
 
 
