@@ -88,3 +88,31 @@ def test_table_entry_chooses_the_engine_per_shape(device, force_backend, counted
     eager = _grads(ref.conv_bn_stats, torch.float32, x, pro, w, conv, seeds)
     for name, g, e, wn in zip(NAMES, got, eager, want):
         assert_close_to_ref(f"d {name}", g, e, wn)
+
+
+@pytest.mark.parametrize("cin,cout", [(6, 9), (70, 130)])
+def test_gpu_block_sizes_compute_the_same_under_the_interpreter(cin, cout):
+    """The GPU tiles of gpu_blocks (64 x 128 x 64 wgrad, 128 x 64 x 32 dgrad: several channel blocks, partial
+    tiles) give the reference's gradients too (the interpreter checks the math, not the GPU's limits)."""
+    from resnet_fast.backends.triton import dgrad_kernels, wgrad_kernels
+
+    wg, dg = closed_backward.gpu_blocks(cin, cout)
+    conv = ([1, 1], [1, 1], [1, 1])
+    x = (torch.randn(1, cin, 5, 4, dtype=torch.float64) + 0.5).contiguous(memory_format=CL)
+    wt = (torch.randn(cout, cin, 3, 3, dtype=torch.float64) / (9 * cin) ** 0.5).contiguous(memory_format=CL)
+    pro = (torch.randn(cin, dtype=torch.float64), torch.rand(cin, dtype=torch.float64) + 0.5,
+           torch.randn(cin, dtype=torch.float64))
+    y, mean, _ = ref.conv_bn_stats(x, *pro, True, wt, *conv, 1)
+    args = (torch.randn_like(y), torch.randn(cout, dtype=torch.float64), torch.randn(cout, dtype=torch.float64), x,
+            *pro, True, wt, y, mean, *conv, 1, [True] * 5)
+    want = ref.conv_bn_stats_backward(*args)
+    low = [a.float() if isinstance(a, torch.Tensor) else a for a in args]
+    eager = ref.conv_bn_stats_backward(*low)
+    count = y.numel() // cout
+    chain = (low[9], low[10], low[2] * (2.0 / count), low[1] / count)
+    prologue = (low[4], low[5], low[6], True)
+    dw = wgrad_kernels.wgrad(low[3], low[0], wt.shape, *conv, prologue=prologue, chain=chain, **wg)
+    dx, total, xsum = dgrad_kernels.dgrad(low[0], low[8], low[3], *conv, prologue=prologue, chain=chain, **dg)
+    for name, g, e, wn in zip(("dx", "d in_mean", "d in_scale", "d in_bias", "dW"),
+                              (dx, -low[5] * total, xsum, total, dw), eager, want):
+        assert_close_to_ref(name, g, e, wn, dtype=torch.float32)
