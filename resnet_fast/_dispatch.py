@@ -186,6 +186,11 @@ def kernel(op: str, like: torch.Tensor) -> Callable:
     return _table(backend_name(like.device.type))[0][op]
 
 
+def training_style(device_type: str) -> str:
+    """How training units run on device_type: "pending" or "materialized" (resnet_fast/backends/__init__.py)."""
+    return backends.BACKENDS[backend_name(device_type)].training
+
+
 def prepares_conv_weights(device_type: str) -> bool:
     """Whether the backend serving device_type declares a prepare_conv_weight hook."""
     return "prepare_conv_weight" in backends.BACKENDS[backend_name(device_type)].hooks
@@ -213,5 +218,6 @@ def backend_info() -> Dict[str, object]:
         if decl.engines:
             info[f"{dev}_engines"] = {op: sorted(e) for op, e in decl.engines.items()}
             info[f"{dev}_dispatch_table_entries"] = len(backends.tables.entries_for(torch.device(dev)))
+        info[f"{dev}_training"] = decl.training
     info["undispatched"] = "bn_finalize, update_running_stats: resnet_fast.bn_math on every device"
     return info

@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from . import bn_math
 from .conventions import memory_format_of, stat_dtype
 
 
@@ -96,6 +97,45 @@ def bn_act_backward(P, grad_out, out, x, mean, scale, bias, residual, res_mean, 
             -res_scale * total if need_rmean and res_mean is not None else empty(),
             rsum if need_rscale and dual else empty(),
             total.clone() if need_rbias and res_bias is not None else empty()]
+
+
+def batch_norm_act(P, x, weight, bias, residual, eps, relu):
+    """Training BatchNorm (+ residual) (+ ReLU) written once: statistics pass, then one apply pass."""
+    xs = _in(P, x, x)
+    mean, var = P.channel_stats(xs)
+    scale = bn_math.finalize(var, weight, eps)
+    shift = bias.to(scale.dtype) if bias is not None else torch.zeros_like(scale)
+    out = P.bn_act(xs, mean, scale, shift, _in(P, residual, x), None, None, None, relu)
+    return _out(out, x), mean, var
+
+
+def batch_norm_act_backward(P, grad_out, out, x, weight, mean, var, eps, relu,
+                            output_mask: Sequence[bool]) -> List[Tensor]:
+    """Gradients (x, weight, bias, residual) of batch_norm_act in two passes: g = grad_out masked by out > 0,
+    Σg and Σg·(x - mean) (bn_act_backward with scale 1, which also writes g), then
+    dx = s*g + (x - mean)*k + c with s = w*invstd, k = -s*invstd²*Σg·(x - mean)/M, c = -s*Σg/M (one bn_act,
+    g as its scaled residual); d weight = Σg·(x - mean)*invstd, d bias = Σg, d residual = g."""
+    need_x, need_w, need_b, need_res = output_mask
+    xs = _in(P, x, x)
+    ones = torch.ones_like(mean)
+    g, _, total, xsum, _ = P.bn_act_backward(_in(P, grad_out, x), _in(P, out, x), xs, mean, ones, None, None, None,
+                                             relu, [True, False, True, True, False])
+    invstd = torch.rsqrt(var + eps)
+
+    def empty():
+        return x.new_empty(0)
+
+    dx = empty()
+    if need_x:
+        count = x.numel() // x.shape[1]
+        s = bn_math.finalize(var, weight, eps)
+        k = -s * invstd * invstd * xsum / count
+        c = -s * total / count
+        dx = _out(P.bn_act(xs, mean, k, c, g, None, s, torch.zeros_like(s), False), x)
+    return [dx,
+            (xsum * invstd).to(weight.dtype) if need_w else empty(),
+            total.to(weight.dtype if weight is not None else total.dtype) if need_b else empty(),
+            _out(g, x) if need_res else empty()]
 
 
 def conv_bias_act(P, x, weight, bias, residual, relu, stride, padding, dilation, groups):

@@ -17,9 +17,10 @@ The fold cache is not part of a module's state: pickling, torch.save and deepcop
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import bn_math, conventions, ops, sync_bn
+from . import _dispatch, bn_math, bn_ops, conventions, ops, sync_bn
 
 _FOLD_ATTR = "_resnet_fast_folded"
 
@@ -121,6 +122,8 @@ def conv_bn(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, updates
         # The folded shift stays in float32 under autocast (eager applies BatchNorm in float32 too).
         w, b = _cast(w, x.dtype), _cast(b, conventions.stat_dtype(x.dtype) if cast is not None else x.dtype)
         return Pending(ops.conv_bias_act(x, w, b, res, relu, stride, padding, dilation, groups))
+    if _dispatch.training_style(a.y.device.type) == "materialized" and type(bn) is nn.BatchNorm2d:
+        return _conv_bn_materialized(a, conv, bn, relu, updates, residual, cast)
     x = _cast(a.y, cast)
     y, mean, var = ops.conv_bn_stats(x, a.mean, a.scale, a.bias, a.relu, _cast(conv.weight, x.dtype), stride, padding,
                                      dilation, groups)
@@ -140,6 +143,23 @@ def conv_bn(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, updates
         return Pending(ops.bn_act(y, mean, scale, bias, residual.y, None, None, None, relu))
     torch._check(not residual.relu, lambda: "a pending residual must not carry a ReLU")
     return Pending(ops.bn_act(y, mean, scale, bias, residual.y, residual.mean, residual.scale, residual.bias, relu))
+
+
+def _conv_bn_materialized(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, updates: List[StatsUpdate],
+                          residual: Optional[Pending], cast: Optional[torch.dtype]) -> Pending:
+    """Batch statistics where the conv cannot take a prologue: aten's convolution, then BatchNorm (+ residual)
+    (+ ReLU) written once by batch_norm_act (a plain nn.BatchNorm2d; SyncBatchNorm takes the pending path)."""
+    stride, padding, dilation, groups = _conv_args(conv)
+    x = _cast(materialize(a), cast)
+    y = F.conv2d(x, _cast(conv.weight, x.dtype), None, stride, padding, dilation, groups)
+    res = _cast(materialize(residual), y.dtype) if residual is not None else None
+    count = y.numel() // y.shape[1]
+    if not torch.jit.is_tracing() and count <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(y.shape)}")
+    out, mean, var = bn_ops.batch_norm_act(y, bn.weight, bn.bias, res, bn.eps, relu)
+    if bn.training and bn.track_running_stats and bn.running_mean is not None:
+        updates.append(StatsUpdate(bn, mean, var, count))
+    return Pending(out)
 
 
 def autocast_dtype(t: Tensor) -> Optional[torch.dtype]:

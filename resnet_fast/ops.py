@@ -36,46 +36,53 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # Checks shared by real and fake kernels (so eager and torch.compile raise the same errors).
 
+def _require(cond, message) -> None:
+    """torch._check(cond, message), with a fast path for a plain True (every check of a real call: these
+    run per op call, and torch._check's symbolic-shape handling costs microseconds each)."""
+    if cond is not True:
+        torch._check(cond, message)
+
+
 def _check_act(x: Tensor, name: str) -> None:
-    torch._check(x.dim() == 4, lambda: f"{name} must be 4-D (N, C, H, W), got {x.dim()}-D shape {tuple(x.shape)}")
-    torch._check(x.dtype.is_floating_point, lambda: f"{name} must be a floating-point tensor, got {x.dtype}")
+    _require(x.dim() == 4, lambda: f"{name} must be 4-D (N, C, H, W), got {x.dim()}-D shape {tuple(x.shape)}")
+    _require(x.dtype.is_floating_point, lambda: f"{name} must be a floating-point tensor, got {x.dtype}")
 
 
 def _check_like(t: Optional[Tensor], ref: Tensor, name: str, ref_name: str) -> None:
     if t is None:
         return
-    torch._check(t.shape == ref.shape,
+    _require(t.shape == ref.shape,
                  lambda: f"{name} has shape {tuple(t.shape)}, expected {tuple(ref.shape)} like {ref_name}")
-    torch._check(t.dtype == ref.dtype, lambda: f"{name} has dtype {t.dtype}, expected {ref.dtype} like {ref_name}")
-    torch._check(t.device == ref.device, lambda: f"{name} is on {t.device}, expected {ref.device} like {ref_name}")
+    _require(t.dtype == ref.dtype, lambda: f"{name} has dtype {t.dtype}, expected {ref.dtype} like {ref_name}")
+    _require(t.device == ref.device, lambda: f"{name} is on {t.device}, expected {ref.device} like {ref_name}")
 
 
 def _check_vec(v: Optional[Tensor], channels: int, act: Tensor, name: str) -> None:
     if v is None:
         return
-    torch._check(v.dim() == 1 and v.shape[0] == channels,
+    _require(v.dim() == 1 and v.shape[0] == channels,
                  lambda: f"{name} must have shape ({channels},), got {tuple(v.shape)}")
-    torch._check(v.dtype.is_floating_point, lambda: f"{name} must be floating point, got {v.dtype}")
-    torch._check(v.device == act.device, lambda: f"{name} is on {v.device}, expected {act.device}")
+    _require(v.dtype.is_floating_point, lambda: f"{name} must be floating point, got {v.dtype}")
+    _require(v.device == act.device, lambda: f"{name} is on {v.device}, expected {act.device}")
 
 
 def _check_conv(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int],
                 dilation: Sequence[int], groups: int) -> List[int]:
     """Validates a conv's arguments and returns its output shape."""
     _check_act(x, "input")
-    torch._check(weight.dim() == 4, lambda: f"weight must be 4-D (Cout, Cin/groups, R, S), got {tuple(weight.shape)}")
-    torch._check(weight.dtype == x.dtype, lambda: f"input dtype {x.dtype} and weight dtype {weight.dtype} differ")
-    torch._check(weight.device == x.device, lambda: f"input is on {x.device} but weight is on {weight.device}")
-    torch._check(len(stride) == 2 and len(padding) == 2 and len(dilation) == 2,
+    _require(weight.dim() == 4, lambda: f"weight must be 4-D (Cout, Cin/groups, R, S), got {tuple(weight.shape)}")
+    _require(weight.dtype == x.dtype, lambda: f"input dtype {x.dtype} and weight dtype {weight.dtype} differ")
+    _require(weight.device == x.device, lambda: f"input is on {x.device} but weight is on {weight.device}")
+    _require(len(stride) == 2 and len(padding) == 2 and len(dilation) == 2,
                  lambda: "stride, padding and dilation must each have 2 entries")
-    torch._check(groups >= 1 and weight.shape[0] % groups == 0, lambda: f"bad groups={groups} for weight")
-    torch._check(x.shape[1] == weight.shape[1] * groups,
+    _require(groups >= 1 and weight.shape[0] % groups == 0, lambda: f"bad groups={groups} for weight")
+    _require(x.shape[1] == weight.shape[1] * groups,
                  lambda: f"input has {x.shape[1]} channels, expected {weight.shape[1] * groups} "
                          f"(weight {tuple(weight.shape)}, groups={groups})")
     out = [x.shape[0], weight.shape[0]]
     for i in range(2):
         size = (x.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1
-        torch._check(size > 0, lambda: f"input spatial size {tuple(x.shape[2:])} is too small for this conv")
+        _require(size > 0, lambda: f"input spatial size {tuple(x.shape[2:])} is too small for this conv")
         out.append(size)
     return out
 
@@ -87,7 +94,8 @@ def _empty_act(like: Tensor, shape: Sequence[int]) -> Tensor:
 def _no_autocast(x: Tensor):
     """Inside an op, dtypes are the caller's: autocast must not recast the aten conv in a kernel
     (the fake kernel promises outputs in the input's dtype). resnet_fast.functional casts explicitly."""
-    return torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda") \
+    dev = x.device.type
+    return torch.autocast(dev, enabled=False) if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev) \
         else contextlib.nullcontext()
 
 
@@ -112,8 +120,8 @@ def conv_bn_stats(x: Tensor, in_mean: Optional[Tensor], in_scale: Optional[Tenso
 
 def _check_conv_bn_stats(x, in_mean, in_scale, in_bias, weight, stride, padding, dilation, groups):
     shape = _check_conv(x, weight, stride, padding, dilation, groups)
-    torch._check((in_scale is None) == (in_bias is None), lambda: "in_scale and in_bias must be given together")
-    torch._check(in_mean is None or in_scale is not None, lambda: "in_mean needs in_scale")
+    _require((in_scale is None) == (in_bias is None), lambda: "in_scale and in_bias must be given together")
+    _require(in_mean is None or in_scale is not None, lambda: "in_mean needs in_scale")
     for v, name in ((in_mean, "in_mean"), (in_scale, "in_scale"), (in_bias, "in_bias")):
         _check_vec(v, x.shape[1], x, name)
     return shape
@@ -183,7 +191,7 @@ def bn_finalize(var: Tensor, weight: Optional[Tensor], eps: float) -> Tensor:
 
 
 def _check_finalize(var, weight):
-    torch._check(var.dim() == 1, lambda: f"var must be 1-D, got shape {tuple(var.shape)}")
+    _require(var.dim() == 1, lambda: f"var must be 1-D, got shape {tuple(var.shape)}")
     _check_vec(weight, var.shape[0], var, "BatchNorm weight")
 
 
@@ -223,10 +231,10 @@ def update_running_stats(running_mean: Tensor, running_var: Tensor, num_batches_
 
 
 def _check_update(running_mean, running_var, num_batches_tracked, mean, var, count, momentum):
-    torch._check(running_mean.shape == mean.shape and running_var.shape == var.shape,
+    _require(running_mean.shape == mean.shape and running_var.shape == var.shape,
                  lambda: f"running stats of shape {tuple(running_mean.shape)} do not match {tuple(mean.shape)}")
-    torch._check(count > 1, lambda: f"need more than 1 value per channel to update running stats, got {count}")
-    torch._check(momentum is not None or num_batches_tracked is not None,
+    _require(count > 1, lambda: f"need more than 1 value per channel to update running stats, got {count}")
+    _require(momentum is not None or num_batches_tracked is not None,
                  lambda: "momentum=None (cumulative average) needs num_batches_tracked")
 
 
@@ -251,9 +259,9 @@ def bn_act(x: Tensor, mean: Optional[Tensor], scale: Tensor, bias: Tensor, resid
 def _check_bn_act(x, mean, scale, bias, residual, res_mean, res_scale, res_bias):
     _check_act(x, "input")
     _check_like(residual, x, "residual", "the input")
-    torch._check((res_scale is None) == (res_bias is None), lambda: "res_scale and res_bias go together")
-    torch._check(res_scale is None or residual is not None, lambda: "res_scale needs a residual")
-    torch._check(res_mean is None or res_scale is not None, lambda: "res_mean needs res_scale")
+    _require((res_scale is None) == (res_bias is None), lambda: "res_scale and res_bias go together")
+    _require(res_scale is None or residual is not None, lambda: "res_scale needs a residual")
+    _require(res_mean is None or res_scale is not None, lambda: "res_mean needs res_scale")
     for v, name in ((mean, "mean"), (scale, "scale"), (bias, "bias"), (res_mean, "res_mean"),
                     (res_scale, "res_scale"), (res_bias, "res_bias")):
         _check_vec(v, x.shape[1], x, name)
@@ -317,12 +325,12 @@ def conv_bias_act(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: O
 def _check_cba(x, weight, bias, residual, stride, padding, dilation, groups):
     shape = _check_conv(x, weight, stride, padding, dilation, groups)
     _check_vec(bias, shape[1], x, "bias")
-    torch._check(bias is None or bias.dtype in (x.dtype, stat_dtype(x.dtype)),
+    _require(bias is None or bias.dtype in (x.dtype, stat_dtype(x.dtype)),
                  lambda: f"bias dtype {bias.dtype} must be the input's ({x.dtype}) or {stat_dtype(x.dtype)}")
     if residual is not None:
-        torch._check(tuple(residual.shape) == tuple(shape),
+        _require(tuple(residual.shape) == tuple(shape),
                      lambda: f"residual has shape {tuple(residual.shape)}, expected {tuple(shape)}")
-        torch._check(residual.dtype == x.dtype and residual.device == x.device,
+        _require(residual.dtype == x.dtype and residual.device == x.device,
                      lambda: "residual must match the input's dtype and device")
     return shape
 

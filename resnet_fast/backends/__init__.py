@@ -40,7 +40,14 @@ from . import tables
 
 PRIMITIVES = ("conv", "conv_backward", "channel_stats", "bn_act", "bn_act_backward")
 OPS = ("conv_bn_stats", "conv_bn_stats_backward", "bn_act", "bn_act_backward", "conv_bias_act",
-       "conv_bias_act_backward")
+       "conv_bias_act_backward", "batch_norm_act", "batch_norm_act_backward")
+# How a backend runs a training conv -> BatchNorm -> ReLU unit (resnet_fast/functional.py):
+#   "pending"       conv_bn_stats; the BatchNorm + ReLU stays pending and the next conv_bn_stats applies it to
+#                   its operand as a prologue (a conv kernel that can, e.g. the Triton GEMM), recomputing it in
+#                   backward instead of storing it;
+#   "materialized"  aten's convolution, then batch_norm_act writes BatchNorm (+ residual) + ReLU once and keeps
+#                   it for backward (where the conv cannot take a prologue, writing it once is the least traffic).
+TRAINING = ("pending", "materialized")
 # prepare_conv_weight(weight, input_shape, stride, padding, dilation, groups) -> the weight conv_bias_act
 # runs fastest with for inputs of that shape (oneDNN's blocked layout on CPU); identity by default.
 HOOKS = ("prepare_conv_weight",)
@@ -82,13 +89,17 @@ class Backend:
     overrides: Mapping[str, str] = field(default_factory=dict)  # op -> "module:function"
     hooks: Mapping[str, str] = field(default_factory=dict)      # hook -> "module:function"
     engines: Mapping[str, Mapping[str, Engine]] = field(default_factory=dict)  # op -> engine name -> Engine
+    training: str = "pending"     # one of TRAINING
 
 
 BACKENDS: Dict[str, Backend] = {b.name: b for b in (
     Backend("reference", devices=("cpu", "cuda", "*"), layout="input",
             primitives="resnet_fast.backends.eager"),
     Backend("native", devices=("cpu", "cuda"), layout="input", primitives="resnet_fast.backends.native",
-            overrides={"conv_bias_act": "resnet_fast.backends.native:conv_bias_act"},
+            training="materialized",
+            overrides={"conv_bias_act": "resnet_fast.backends.native:conv_bias_act",
+                       "batch_norm_act": "resnet_fast.backends.native:batch_norm_act",
+                       "batch_norm_act_backward": "resnet_fast.backends.native:batch_norm_act_backward"},
             hooks={"prepare_conv_weight": "resnet_fast.backends.native:prepare_conv_weight"}),
     Backend("triton", devices=("cuda", "cpu"), layout="channels_last",
             primitives="resnet_fast.backends.triton.backend",
@@ -132,6 +143,8 @@ def _check_table() -> None:
                              f"{sorted(tables.DIRECTIONS)}")
         if b.layout not in LAYOUTS:
             raise ValueError(f"backend {b.name!r} has layout {b.layout!r}; known: {sorted(LAYOUTS)}")
+        if b.training not in TRAINING:
+            raise ValueError(f"backend {b.name!r} has training {b.training!r}; known: {TRAINING}")
 
 
 _check_table()

@@ -15,7 +15,11 @@ from .. import composites
 from ..conventions import aten_conv as conv  # noqa: F401  (primitive)
 from ..conventions import conv_backward  # noqa: F401  (primitive)
 from ..conventions import memory_format_of
+from .native_cpu import _nhwc_float
 from .native_cpu import primitives as _C  # torch.ops.resnet_fast_C, float32 NHWC CPU calls vectorized
+
+_LIB = torch.ops.resnet_fast_C
+_HAVE_BN_TRAIN = hasattr(_LIB, "nhwc_batch_norm_act")  # an older build of the extension lacks it
 
 _ONEDNN_POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
 _ONEDNN_REORDER = getattr(torch.ops.mkldnn, "_reorder_convolution_weight", None)
@@ -36,6 +40,30 @@ def bn_act_backward(grad_out, out, x, mean, scale, residual, res_mean, res_scale
                                                      relu, [need_dx, need_xsum, need_sum, need_dres, need_rsum])
     return (dx if need_dx else None, dres if need_dres else None, total if need_sum else None,
             xsum if need_xsum else None, rsum if need_rsum else None)
+
+
+def _nhwc_float_vec(v) -> bool:
+    return v is None or (v.dtype == torch.float32 and v.dim() == 1 and v.is_contiguous())
+
+
+def _bn_train_kernel(x: Tensor, weight, bias) -> bool:
+    """The one-call C++ training BatchNorm serves float32 NHWC CPU activations with float32 affine vectors."""
+    return _HAVE_BN_TRAIN and _nhwc_float(x) and _nhwc_float_vec(weight) and _nhwc_float_vec(bias)
+
+
+def batch_norm_act(P, x, weight, bias, residual, eps, relu):
+    """Override: statistics and apply in one C++ call for float32 NHWC on CPU, else the composite."""
+    if not _bn_train_kernel(x, weight, bias) or (residual is not None and not _nhwc_float(residual)):
+        return composites.batch_norm_act(P, x, weight, bias, residual, eps, relu)
+    return _LIB.nhwc_batch_norm_act(x, weight, bias, residual, eps, relu)
+
+
+def batch_norm_act_backward(P, grad_out, out, x, weight, mean, var, eps, relu, output_mask):
+    """Override: the two backward passes in one C++ call for float32 NHWC on CPU, else the composite."""
+    if not (_bn_train_kernel(x, weight, None) and _nhwc_float(grad_out) and _nhwc_float(out)
+            and mean.dtype == torch.float32 and var.dtype == torch.float32):
+        return composites.batch_norm_act_backward(P, grad_out, out, x, weight, mean, var, eps, relu, output_mask)
+    return _LIB.nhwc_batch_norm_act_backward(grad_out, out, x, weight, mean, var, eps, relu, list(output_mask))
 
 
 def _onednn_fusable(x: Tensor, weight: Tensor) -> bool:

@@ -52,8 +52,12 @@ def compare_with_torchvision(arch, x, steps=2, num_classes=10, fast_input=None, 
 
 # The largest models run at 48x48 to keep the suite within minutes (layer4 is still 2x2, as at 64x64;
 # at 32x32 it is 1x1 and BatchNorm over 2 values is so ill-conditioned that even float64 runs differ
-# by 1e-5).
-SIZE = {"wide_resnet101_2": 48, "resnext101_32x8d": 48, "resnext101_64x4d": 48, "wide_resnet50_2": 48,
+# by 1e-5). wide_resnet101_2 runs at 64x64: at 48x48 its layer3 BatchNorms see 18 values per channel,
+# and one ReLU decision within float32 rounding (measured 2026-12-01: layer3.0's projection shortcut, an
+# output whose float64 value is 3.4e-7 and whose exact BatchNorm of the float32 conv output is -8.2e-8)
+# moved that channel's gradient, and through the 23 identity blocks (zero_init_residual) the input
+# gradient, by 2% in one run and not in the other; at 64x64 (32 values per channel) both agree within the rule.
+SIZE = {"wide_resnet101_2": 64, "resnext101_32x8d": 48, "resnext101_64x4d": 48, "wide_resnet50_2": 48,
         "resnet152": 48}
 
 
