@@ -12,6 +12,7 @@ CUDA sources are compiled when torch is a CUDA build and a CUDA toolkit is found
 
 import glob
 import os
+import sys
 
 from setuptools import setup
 
@@ -41,15 +42,21 @@ def _native_extensions():
     )
     debug = _flag("RESNET_FAST_DEBUG")
     cxx = ["-O0", "-g", "-UNDEBUG"] if debug else ["-O3"]  # the C++ standard is the one this torch build asks for
+    # at::parallel_for is a header template: without OpenMP in *this* build it runs every CPU kernel on one
+    # thread. torch links GNU OpenMP (libgomp.so.1); the extension then shares the copy torch loaded.
+    link = []
+    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     extra = {"cxx": cxx}
     if with_cuda:
         archs = os.environ.get("RESNET_FAST_CUDA_ARCHS", "8.0;9.0")
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
         extra["nvcc"] = (["-O0", "-g", "-G", "-UNDEBUG"] if debug else ["-O3"]) + ["--expt-relaxed-constexpr"]
         ext = cpp_extension.CUDAExtension("resnet_fast._C", sources + cuda_sources, extra_compile_args=extra,
-                                          py_limited_api=False)
+                                          extra_link_args=link, py_limited_api=False)
     else:
-        ext = cpp_extension.CppExtension("resnet_fast._C", sources, extra_compile_args=extra)
+        ext = cpp_extension.CppExtension("resnet_fast._C", sources, extra_compile_args=extra, extra_link_args=link)
     build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)
     return [ext], {"build_ext": build_ext}
 

@@ -27,11 +27,13 @@ def step_fn(arch, mode, impl, batch, size):
     model = build(arch, impl)
     x = torch.randn(batch, 3, size, size, device=harness.DEVICE).contiguous(memory_format=torch.channels_last)
     if mode == "inference":
-        run = resnet_fast.optimize_for_inference(model.eval(), dtype=harness.DTYPE) \
-            if impl == "resnet_fast_optimized" else model.eval()
+        optimized = impl in ("resnet_fast_optimized", "resnet_fast_per_conv")  # per_conv: onednn_graph=False
+        run = resnet_fast.optimize_for_inference(model.eval(), dtype=harness.DTYPE,
+                                                 onednn_graph=impl == "resnet_fast_optimized") \
+            if optimized else model.eval()
 
         def step():
-            with torch.inference_mode(), autocast(impl != "resnet_fast_optimized"):
+            with torch.inference_mode(), autocast(not optimized):
                 run(x)
         return step
     model.train()
@@ -77,7 +79,7 @@ def main():
     print(f"{args.arch} {args.mode}, batch {args.batch} x {args.size}², {harness.DTYPE}, channels_last; "
           f"{env['device']}, torch {env['torch']}, {env['date']}\n")
     for impl in args.impls.split(","):
-        if args.mode == "train" and impl == "resnet_fast_optimized":
+        if args.mode == "train" and impl in ("resnet_fast_optimized", "resnet_fast_per_conv"):
             continue
         total, rows = breakdown(step_fn(args.arch, args.mode, impl, args.batch, args.size), args.steps, args.top)
         print(f"**{impl}**: {total / 1e3:.1f} ms of self {'device' if harness.CUDA else 'CPU'} time per step\n")

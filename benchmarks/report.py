@@ -14,11 +14,12 @@ import json
 import sys
 from typing import Dict, List, Optional, Tuple
 
-IMPL_ORDER = ["torchvision_nchw", "torchvision", "compile", "onnxruntime", "resnet_fast", "resnet_fast_optimized",
-              "eager"]
+IMPL_ORDER = ["torchvision_nchw", "torchvision", "compile", "onnxruntime", "resnet_fast", "resnet_fast_per_conv",
+              "resnet_fast_optimized", "eager"]
 IMPL_LABEL = {"torchvision_nchw": "torchvision eager NCHW", "torchvision": "torchvision eager",
               "compile": "torch.compile(torchvision)", "onnxruntime": "ONNX Runtime (torch.onnx.export)",
               "resnet_fast": "resnet_fast", "resnet_fast_optimized": "resnet_fast optimize_for_inference",
+              "resnet_fast_per_conv": "optimize_for_inference, per-conv path (onednn_graph=False)",
               "eager": "eager PyTorch"}
 # Ratio columns of the model table: (extra_info key, header). On CPU the references' ratios come from
 # alternated rounds (benchmarks/test_models.py), the torch.compile one from separate tests.

@@ -10,14 +10,17 @@ Implementations:
   torchvision_nchw        eager torchvision as it comes: NCHW model and input (CPU inference);
   compile                 torch.compile(torchvision model), default mode;
   resnet_fast             resnet_fast.from_torchvision(model): model.eval() / training as a user runs it;
-  resnet_fast_optimized   resnet_fast.optimize_for_inference(model, dtype, cuda_graph=True) (inference);
+  resnet_fast_optimized   resnet_fast.optimize_for_inference(model, dtype, cuda_graph=True) (inference; on CPU
+                          float32 its trunk compiled per input shape by oneDNN Graph);
+  resnet_fast_per_conv    CPU only: optimize_for_inference(model, onednn_graph=False), one oneDNN conv call per layer;
   onnxruntime             the torchvision model exported with torch.onnx.export, run by ONNX Runtime's CPU
                           execution provider (graph optimizations on, torch's thread count; NCHW input);
                           only when onnxruntime is installed (pip install ".[bench]").
 A training step is forward, cross-entropy, backward and an SGD (momentum) step on synthetic data.
 
 Alternation (CPU): at a case's first test every implementation selected for it (after -k) is built
-and warmed up, then MODEL_ROUNDS rounds run in which each implementation runs once, in turn; each
+and warmed up, then MODEL_ROUNDS rounds run in which each implementation runs once, in turn, after a
+short pause (SETTLE_S, untimed: ONNX Runtime's spinning threads must not slow the next one); each
 test reports its implementation's median over those rounds, and speedup_vs_<other> is the ratio of
 two medians taken in the same minutes of a shared, noisy machine (pytest-benchmark's own stats for
 the entry are one further timed call). On a GPU each implementation is timed in its own test.
@@ -45,8 +48,8 @@ import resnet_fast
 from harness import CUDA, DEVICE, DTYPE
 
 HAVE_ORT = not CUDA and all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
-INFER_IMPLS = ([] if CUDA else ["torchvision_nchw"]) + ["torchvision", "compile", "resnet_fast",
-                                                         "resnet_fast_optimized"] + (["onnxruntime"] if HAVE_ORT else [])
+INFER_IMPLS = ([] if CUDA else ["torchvision_nchw"]) + ["torchvision", "compile", "resnet_fast", "resnet_fast_optimized"] \
+    + ([] if CUDA else ["resnet_fast_per_conv"]) + (["onnxruntime"] if HAVE_ORT else [])
 TRAIN_IMPLS = ["torchvision", "compile", "resnet_fast"]
 INFER_SHAPES = harness.INFER_SHAPES if CUDA else [(1, 224), (8, 224)]
 
@@ -111,6 +114,8 @@ def inference_step(arch: str, batch: int, size: int, impl: str):
     model = build(arch, impl).eval()
     if impl == "resnet_fast_optimized":
         run = resnet_fast.optimize_for_inference(model, dtype=DTYPE, cuda_graph=True)
+    elif impl == "resnet_fast_per_conv":
+        run = resnet_fast.optimize_for_inference(model, dtype=DTYPE, onednn_graph=False)
     elif impl == "compile":
         torch._dynamo.reset()  # a fresh cache: no recompile limit carried over from earlier cases
         run = torch.compile(model)
@@ -119,7 +124,7 @@ def inference_step(arch: str, batch: int, size: int, impl: str):
     batches = itertools.cycle(images(batch, size, memory_format(impl)))
 
     def step():
-        with torch.inference_mode(), autocast(impl != "resnet_fast_optimized"):
+        with torch.inference_mode(), autocast(impl not in ("resnet_fast_optimized", "resnet_fast_per_conv")):
             return run(next(batches))
     return step
 
@@ -146,6 +151,10 @@ def train_step(arch: str, batch: int, size: int, impl: str):
     return step
 
 
+# A pause before each alternated call: ONNX Runtime's worker threads keep spinning for tens of ms after a
+# run (measured: 30-50 ms of CPU time within 100 ms on 2 cores), which would slow whichever implementation
+# runs next on a machine with as many cores as threads.
+SETTLE_S = 0.15
 _alternated = {}  # case -> (step per implementation, seconds per round per implementation); one case kept
 
 
@@ -177,6 +186,7 @@ def alternated(request, case: tuple, rounds: int, warmup: int):
         times = {impl: [] for impl in steps}
         for _ in range(rounds):
             for impl, fn in steps.items():
+                time.sleep(SETTLE_S)
                 t0 = time.perf_counter()
                 fn()
                 harness.sync()

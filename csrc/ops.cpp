@@ -45,10 +45,12 @@ TORCH_LIBRARY(resnet_fast_C, m) {
       "Tensor? res_mean, Tensor? res_scale, bool relu, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, "
       "Tensor)");
   // Training-mode BatchNorm (+ residual) (+ ReLU), float32 channels_last CPU only (csrc/cpu/bn_train_cpu.cpp):
-  //   out = act((x - mean)*weight/sqrt(var + eps) + bias [+ residual]); mean, biased var of x per channel.
+  // mean and biased var of x per channel (double sums); then out = act((x - mean)*weight/sqrt(var + eps) + bias
+  // [+ residual]) over those statistics.
+  m.def("nhwc_batch_stats(Tensor x) -> (Tensor mean, Tensor var)");
   m.def(
-      "nhwc_batch_norm_act(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, float eps, bool relu) -> "
-      "(Tensor out, Tensor mean, Tensor var)");
+      "nhwc_batch_norm_act(Tensor x, Tensor mean, Tensor var, Tensor? weight, Tensor? bias, Tensor? residual, "
+      "float eps, bool relu) -> Tensor");
   // Its backward given out: g = grad_out * (out > 0 if relu); (dx, dweight, dbias, dresidual = g), mask in that order.
   m.def(
       "nhwc_batch_norm_act_backward(Tensor grad_out, Tensor out, Tensor x, Tensor? weight, Tensor mean, Tensor var, "

@@ -99,14 +99,17 @@ def bn_act_backward(P, grad_out, out, x, mean, scale, bias, residual, res_mean, 
             total.clone() if need_rbias and res_bias is not None else empty()]
 
 
-def batch_norm_act(P, x, weight, bias, residual, eps, relu):
-    """Training BatchNorm (+ residual) (+ ReLU) written once: statistics pass, then one apply pass."""
-    xs = _in(P, x, x)
-    mean, var = P.channel_stats(xs)
+def batch_stats(P, x):
+    """x's per-channel mean and biased variance: the primitive, in the backend's layout."""
+    return P.channel_stats(_in(P, x, x))
+
+
+def batch_norm_act(P, x, mean, var, weight, bias, residual, eps, relu):
+    """Training BatchNorm (+ residual) (+ ReLU) over given batch statistics, written once: one bn_act pass."""
     scale = bn_math.finalize(var, weight, eps)
     shift = bias.to(scale.dtype) if bias is not None else torch.zeros_like(scale)
-    out = P.bn_act(xs, mean, scale, shift, _in(P, residual, x), None, None, None, relu)
-    return _out(out, x), mean, var
+    out = P.bn_act(_in(P, x, x), mean, scale, shift, _in(P, residual, x), None, None, None, relu)
+    return _out(out, x)
 
 
 def batch_norm_act_backward(P, grad_out, out, x, weight, mean, var, eps, relu,

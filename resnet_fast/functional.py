@@ -121,7 +121,7 @@ def conv_bn(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, updates
         res = _cast(materialize(residual), x.dtype) if residual is not None else None
         # The folded shift stays in float32 under autocast (eager applies BatchNorm in float32 too).
         w, b = _cast(w, x.dtype), _cast(b, conventions.stat_dtype(x.dtype) if cast is not None else x.dtype)
-        return Pending(ops.conv_bias_act(x, w, b, res, relu, stride, padding, dilation, groups))
+        return Pending(ops.conv_bias_act_call(x, w, b, res, relu, stride, padding, dilation, groups))
     if _dispatch.training_style(a.y.device.type) == "materialized" and type(bn) is nn.BatchNorm2d:
         return _conv_bn_materialized(a, conv, bn, relu, updates, residual, cast)
     x = _cast(a.y, cast)
@@ -156,10 +156,10 @@ def _conv_bn_materialized(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu:
     count = y.numel() // y.shape[1]
     if not torch.jit.is_tracing() and count <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(y.shape)}")
-    out, mean, var = bn_ops.batch_norm_act(y, bn.weight, bn.bias, res, bn.eps, relu)
+    mean, var = bn_ops.batch_stats_call(y.detach())  # no gradient
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
-        updates.append(StatsUpdate(bn, mean, var, count))
-    return Pending(out)
+        updates.append(StatsUpdate(bn, mean, var, count))  # before the op that saves tensors (checkpoint)
+    return Pending(bn_ops.batch_norm_act_call(y, mean, var, bn.weight, bn.bias, res, bn.eps, relu))
 
 
 def autocast_dtype(t: Tensor) -> Optional[torch.dtype]:

@@ -1,6 +1,6 @@
 """optimize_for_inference: a ResNet frozen into folded convolutions, for fixed input shapes.
 
-    fast = resnet_fast.optimize_for_inference(model, dtype=torch.bfloat16, cuda_graph=True)
+    fast = resnet_fast.optimize_for_inference(model, dtype=torch.bfloat16, cuda_graph=True, onednn_graph=True)
     logits = fast(images)        # (N, 3, H, W), any floating dtype, on the model's device -> (N, classes) in dtype
 
 Once, at construction:
@@ -14,6 +14,12 @@ Once, at construction:
     folded weight is prepared once, at its first call. A CPU float32 conv whose prepared weight is
     in oneDNN's layout then runs directly as oneDNN's fused convolution (backends/onednn_inference.py:
     no custom-op layer per call; block-end sums accumulated in place into the dead residual).
+  * on CPU in float32 with onednn_graph=True, the trunk (stem to pooled features) is instead traced
+    and frozen at the first call with a new input shape and compiled by PyTorch's oneDNN Graph fuser
+    (backends/onednn_graph.py): partitions of conv + bias + add + ReLU with their primitives built
+    once, no per-conv Python or primitive setup per call. fc runs after it as above. Like CUDA graphs,
+    the first `max_graphs` shapes get one; a refold drops them (each is compiled again at its shape's
+    next call, about a second for resnet50).
 Per call the input is copied once into `dtype`, channels_last. On CUDA with cuda_graph=True the whole
 forward is captured as a CUDA graph at the first call with a new input shape (after warm-up runs on a
 side stream, which also keep Triton autotuning out of the capture) and replayed afterwards. The first
@@ -35,138 +41,36 @@ from collections import OrderedDict
 from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv
-from torchvision.ops import FrozenBatchNorm2d
 
-from . import _dispatch, bn_math, ops
-from .backends import onednn_inference
+from .backends import onednn_graph as onednn_graph_mod
 from .builders import from_torchvision
 from .cifar import CifarResNet
+from .frozen import CastLinear, FoldedConv, Frozen
 from .resnet import BasicBlock, Bottleneck, ResNet
-from .sync_bn import SyncBatchNorm2d
 
 __all__ = ["optimize_for_inference", "InferenceResNet"]
 
 _WARMUP_RUNS = 2
-_BATCHNORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, SyncBatchNorm2d)
-
-
-class _Frozen:
-    """Tensors derived once from source tensors; `stale()` says when the sources changed since."""
-
-    def sources(self) -> List[Tensor]:
-        raise NotImplementedError
-
-    def _state(self):
-        return tuple((t.data_ptr(), t._version) for t in self.sources())
-
-    def stale(self) -> bool:
-        return self._state() != self._key
-
-    def refold(self) -> None:
-        for t in self.sources():
-            if t.device != self.device:
-                raise RuntimeError(f"the source model's {self.name} is now on {t.device}, but it was optimized for "
-                                   f"{self.device}; call optimize_for_inference again after moving a model")
-        with torch.no_grad():
-            self._fill()
-        self._key = self._state()
-
-
-class _FoldedConv(_Frozen):
-    """conv -> BatchNorm as one conv_bias_act: W' [Cout, Cin/g, R, S] channels_last and b' [Cout], in dtype."""
-
-    def __init__(self, conv: nn.Conv2d, bn: nn.Module, dtype: torch.dtype, name: str):
-        _check_foldable(conv, bn, name)
-        self.conv, self.bn, self.name, self.device = conv, bn, name, conv.weight.device
-        self.args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
-        w = conv.weight
-        self.weight = torch.empty(w.shape, dtype=dtype, device=self.device, memory_format=torch.channels_last)
-        self.bias = torch.empty(w.shape[0], dtype=dtype, device=self.device)
-        self.prepack, self._packed = _dispatch.prepares_conv_weights(self.device.type), None
-        self.direct = self.prepack and onednn_inference.available(self.device, dtype)
-        self.refold()
-
-    def sources(self) -> List[Tensor]:
-        bn = self.bn
-        return [t for t in (self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
-
-    def _state(self):
-        return super()._state() + (self.bn.eps,)
-
-    def _fill(self) -> None:
-        bn = self.bn
-        w, b = bn_math.fold_bn(self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
-        self.weight.copy_(w)
-        self.bias.copy_(b)
-        self._packed = None
-
-    def __call__(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = True,
-                 residual_is_dead: bool = False) -> Tensor:
-        """residual_is_dead: the caller never reads residual again, so it may hold the result."""
-        if self.prepack:
-            if self._packed is None:
-                self._packed = _dispatch.prepare_conv_weight(self.weight, list(x.shape), *self.args)
-            if self.direct and self._packed.layout == torch._mkldnn:
-                return onednn_inference.conv(x, self._packed, self.bias, self.args, residual, relu,
-                                             residual_is_dead)
-            return ops.conv_bias_act(x, self._packed, self.bias, residual, relu, *self.args)
-        return ops.conv_bias_act(x, self.weight, self.bias, residual, relu, *self.args)
-
-
-class _CastLinear(_Frozen):
-    """nn.Linear with weight [out, in] and bias [out] cast to dtype once."""
-
-    def __init__(self, fc: nn.Linear, dtype: torch.dtype, name: str):
-        self.fc, self.name, self.device = fc, name, fc.weight.device
-        self.weight = torch.empty(fc.weight.shape, dtype=dtype, device=self.device)
-        self.bias = None if fc.bias is None else torch.empty(fc.bias.shape, dtype=dtype, device=self.device)
-        self.refold()
-
-    def sources(self) -> List[Tensor]:
-        return [t for t in (self.fc.weight, self.fc.bias) if t is not None]
-
-    def _fill(self) -> None:
-        self.weight.copy_(self.fc.weight)
-        if self.bias is not None:
-            self.bias.copy_(self.fc.bias)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight, self.bias)
 
 
 class _Block(NamedTuple):
-    units: List[_FoldedConv]                          # conv-BN-ReLU chain; the last one adds the shortcut
-    shortcut: Union[None, _FoldedConv, nn.Module]     # None: identity; a folded projection; a parameterless module
+    units: List[FoldedConv]                          # conv-BN-ReLU chain; the last one adds the shortcut
+    shortcut: Union[None, FoldedConv, nn.Module]     # None: identity; a folded projection; a parameterless module
     residual: bool                                    # False: the paper's "plain" block, nothing added
-
-
-def _check_foldable(conv: nn.Module, bn: nn.Module, name: str) -> None:
-    if type(conv) is not nn.Conv2d or conv.bias is not None or conv.padding_mode != "zeros" \
-            or not isinstance(conv.padding, tuple):
-        raise TypeError(f"optimize_for_inference: {name} must be a bias-free nn.Conv2d with numeric zero padding, "
-                        f"got {conv!r}")
-    if type(bn) in _BATCHNORMS:  # in eval mode every one of these normalizes with its running statistics
-        if bn.running_mean is None or bn.running_var is None:
-            raise ValueError(f"optimize_for_inference: {name}'s {type(bn).__name__} has no running statistics "
-                             f"(track_running_stats=False), so there is nothing to fold")
-    elif type(bn) is not FrozenBatchNorm2d:
-        raise TypeError(f"optimize_for_inference: {name} must be followed by nn.BatchNorm2d (or a SyncBatchNorm) "
-                        f"or FrozenBatchNorm2d, got {type(bn).__name__}")
 
 
 def _plan_block(block: nn.Module, dtype: torch.dtype, name: str) -> _Block:
     if type(block) not in (BasicBlock, Bottleneck) or type(block.relu) is not nn.ReLU:
         raise TypeError(f"optimize_for_inference: {name} is a {type(block).__name__}; only torchvision's / "
                         f"resnet_fast's BasicBlock and Bottleneck with nn.ReLU are supported")
-    units = [_FoldedConv(c, b, dtype, f"{name}.conv{i + 1}") for i, (c, b) in enumerate(block._units())]
+    units = [FoldedConv(c, b, dtype, f"{name}.conv{i + 1}") for i, (c, b) in enumerate(block._units())]
     ds = block.downsample
     if ds is None:
         shortcut = None
     elif isinstance(ds, nn.Sequential) and len(ds) == 2:
-        shortcut = _FoldedConv(ds[0], ds[1], dtype, f"{name}.downsample")
+        shortcut = FoldedConv(ds[0], ds[1], dtype, f"{name}.downsample")
     elif not any(True for _ in itertools.chain(ds.parameters(), ds.buffers())):
         shortcut = ds  # e.g. the paper's option A (zero-padded identity): nothing to fold or cast
     else:
@@ -180,7 +84,7 @@ class InferenceResNet(nn.Module):
     and cannot be moved or cast: optimize the source model again for another device or dtype."""
 
     def __init__(self, model: nn.Module, stages: Tuple[str, ...], pool: Optional[nn.Module], dtype: torch.dtype,
-                 cuda_graph: bool, max_graphs: int, track_updates: bool):
+                 cuda_graph: bool, max_graphs: int, track_updates: bool, onednn_graph: bool = True):
         super().__init__()
         self.__dict__["source"] = model  # not a submodule: no second copy in state_dict(), .to() etc.
         self.dtype, self.track_updates, self.max_graphs = dtype, track_updates, max_graphs
@@ -189,7 +93,7 @@ class InferenceResNet(nn.Module):
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         if type(model.relu) is not nn.ReLU:
             raise TypeError(f"optimize_for_inference: the stem's activation must be nn.ReLU, got {model.relu!r}")
-        self.stem = _FoldedConv(model.conv1, model.bn1, dtype, "conv1")
+        self.stem = FoldedConv(model.conv1, model.bn1, dtype, "conv1")
         self.blocks = [_plan_block(b, dtype, f"{lname}.{i}") for lname in stages
                        for i, b in enumerate(getattr(model, lname))]
         self.pools = (pool, model.avgpool)  # after the stem (None: CIFAR nets have none), before fc
@@ -197,21 +101,48 @@ class InferenceResNet(nn.Module):
             if p is not None and any(True for _ in p.parameters()):
                 raise TypeError(f"optimize_for_inference: pooling must be parameter-free, got {p!r}")
         # fc: nn.Linear is cast once; any other head (nn.Identity, a custom Sequential) runs as is.
-        self.__dict__["head"] = _CastLinear(model.fc, dtype, "fc") if type(model.fc) is nn.Linear else model.fc
-        self._frozen: List[_Frozen] = [self.stem, *(u for b in self.blocks for u in b.units),
-                                       *(b.shortcut for b in self.blocks if isinstance(b.shortcut, _FoldedConv)),
-                                       *([self.head] if isinstance(self.head, _CastLinear) else [])]
+        self.__dict__["head"] = CastLinear(model.fc, dtype, "fc") if type(model.fc) is nn.Linear else model.fc
+        self._frozen: List[Frozen] = [self.stem, *(u for b in self.blocks for u in b.units),
+                                       *(b.shortcut for b in self.blocks if isinstance(b.shortcut, FoldedConv)),
+                                       *([self.head] if isinstance(self.head, CastLinear) else [])]
         self._graphs: "OrderedDict[Tuple[int, ...], Tuple[torch.cuda.CUDAGraph, Tensor, Tensor]]" = OrderedDict()
+        # CPU float32: a compiled trunk per input shape (None: the fuser made no partition; per-conv path).
+        self.onednn_graph = bool(onednn_graph) and self.stem.direct and onednn_graph_mod.available(self.device, dtype) \
+            and all(b.shortcut is None or isinstance(b.shortcut, FoldedConv) for b in self.blocks) \
+            and onednn_graph_mod.supported_pools(list(self.pools))
+        self._cpu_graphs: "OrderedDict[Tuple[int, ...], Optional[torch.jit.ScriptModule]]" = OrderedDict()
 
     @property
     def graph_shapes(self) -> List[Tuple[int, ...]]:
-        """Input shapes that have a captured CUDA graph, in capture order."""
-        return list(self._graphs)
+        """Input shapes that have a captured CUDA graph or a compiled oneDNN Graph trunk, in capture order."""
+        return list(self._graphs) + [k for k, g in self._cpu_graphs.items() if g is not None]
 
     def refresh(self) -> None:
         """Refolds every conv and recasts fc from the source model's current tensors, in place."""
         for f in self._frozen:
             f.refold()
+        self._cpu_graphs.clear()  # their frozen constants are the old folded weights
+
+    def _trunk(self) -> onednn_graph_mod.Trunk:
+        """The folded trunk as a plain module over this model's folded tensors (shared, not copied)."""
+        convs, index = [], {}
+        for unit in [self.stem, *(u for b in self.blocks for u in [*b.units, b.shortcut] if u is not None)]:
+            index[id(unit)] = len(convs)
+            convs.append((unit.weight, unit.bias, unit.args))
+        plan = (index[id(self.stem)], [([index[id(u)] for u in b.units],
+                                        None if b.shortcut is None else index[id(b.shortcut)], b.residual)
+                                       for b in self.blocks])
+        return onednn_graph_mod.Trunk(convs, plan, *self.pools)
+
+    def _run_cpu_graph(self, x: Tensor) -> Optional[Tensor]:
+        """The compiled trunk for x's shape (compiled now if there is room), then the head; None: no graph."""
+        key = tuple(x.shape)
+        if key not in self._cpu_graphs:
+            if len(self._cpu_graphs) >= self.max_graphs:
+                return None
+            self._cpu_graphs[key] = onednn_graph_mod.compile_trunk(self._trunk(), x)
+        trunk = self._cpu_graphs[key]
+        return None if trunk is None else self.head(onednn_graph_mod.run_trunk(trunk, x))
 
     def _apply(self, fn, recurse=True):
         raise RuntimeError("an InferenceResNet is fixed to the device and dtype it was built for; move or cast the "
@@ -235,7 +166,7 @@ class InferenceResNet(nn.Module):
             x = pool(x)
         for units, shortcut, residual in self.blocks:
             r = None if not residual else x if shortcut is None else \
-                shortcut(x, relu=False) if isinstance(shortcut, _FoldedConv) else shortcut(x)
+                shortcut(x, relu=False) if isinstance(shortcut, FoldedConv) else shortcut(x)
             a = x
             for unit in units[:-1]:
                 a = unit(a)
@@ -262,12 +193,16 @@ class InferenceResNet(nn.Module):
         for f in self._frozen if self.track_updates else ():
             if f.stale():
                 f.refold()
+                if isinstance(f, FoldedConv):
+                    self._cpu_graphs.clear()
         with torch.no_grad():
             key = tuple(x.shape)
             use_graph = self.cuda_graph and x.shape[0] > 0 and \
                 (key in self._graphs or len(self._graphs) < self.max_graphs)
             if not use_graph:
-                return self._run(x.to(self.dtype).contiguous(memory_format=torch.channels_last))
+                x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+                out = self._run_cpu_graph(x) if self.onednn_graph and x.shape[0] > 0 else None
+                return self._run(x) if out is None else out
             if key not in self._graphs:
                 self._graphs[key] = self._capture(x)
             graph, static_in, static_out = self._graphs[key]
@@ -277,17 +212,18 @@ class InferenceResNet(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"dtype={self.dtype}, device={self.device}, cuda_graph={self.cuda_graph}, "
-                f"max_graphs={self.max_graphs}, track_updates={self.track_updates}")
+                f"onednn_graph={self.onednn_graph}, max_graphs={self.max_graphs}, track_updates={self.track_updates}")
 
 
 def optimize_for_inference(model: nn.Module, dtype: Optional[torch.dtype] = None, cuda_graph: bool = True,
-                           max_graphs: int = 4, track_updates: bool = True) -> InferenceResNet:
+                           max_graphs: int = 4, track_updates: bool = True, onednn_graph: bool = True) -> InferenceResNet:
     """A folded, cast-once, optionally CUDA-graphed inference version of `model` (module docstring).
 
     model: a resnet_fast.ResNet or CifarResNet, or a torchvision ResNet (converted with from_torchvision,
     sharing its tensors). dtype: the compute dtype (default: the model's; e.g. torch.bfloat16 on a GPU).
     cuda_graph: capture and replay CUDA graphs per input shape (CUDA only; ignored on CPU).
-    max_graphs: how many input shapes get a graph; later shapes run eagerly."""
+    max_graphs: how many input shapes get a graph (CUDA graph or oneDNN Graph trunk); later shapes run eagerly.
+    onednn_graph: on CPU in float32, compile the trunk per input shape with oneDNN Graph (ignored elsewhere)."""
     if isinstance(model, tv.ResNet) and not isinstance(model, ResNet):
         model = from_torchvision(model)
     if isinstance(model, ResNet) and type(model)._forward_impl is ResNet._forward_impl \
@@ -303,4 +239,5 @@ def optimize_for_inference(model: nn.Module, dtype: Optional[torch.dtype] = None
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     if not isinstance(max_graphs, int) or max_graphs < 0:
         raise ValueError(f"max_graphs must be a non-negative int, got {max_graphs!r}")
-    return InferenceResNet(model, stages, pool, dtype, bool(cuda_graph), max_graphs, bool(track_updates))
+    return InferenceResNet(model, stages, pool, dtype, bool(cuda_graph), max_graphs, bool(track_updates),
+                           bool(onednn_graph))

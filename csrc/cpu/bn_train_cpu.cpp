@@ -1,18 +1,17 @@
-// Training-mode BatchNorm (+ residual) (+ ReLU) for float32 channels_last CPU activations, each
-// direction one call (schemas in csrc/ops.cpp, the op contract in resnet_fast/bn_ops.py):
+// Training-mode BatchNorm (+ residual) (+ ReLU) for float32 channels_last CPU activations, each pass
+// one call (schemas in csrc/ops.cpp, the op contract in resnet_fast/bn_ops.py):
 //
-//   nhwc_batch_norm_act(x, weight, bias, residual, eps, relu) -> (out, mean, var)
-//       pass 1: per-channel sums of x (shifted by each channel's first value, so no cancellation
-//       when |mean| >> std); pass 2: out = act((x - mean)*s + bias [+ residual]), s = weight/sqrt(var + eps),
-//       with the mean carried as a float pair (mean + low part), so x - mean loses nothing to its rounding.
+//   nhwc_batch_stats(x) -> (mean, var)
+//       per-channel sums of x - pilot (each channel's first value): no cancellation when |mean| >> std.
+//   nhwc_batch_norm_act(x, mean, var, weight, bias, residual, eps, relu) -> out
+//       out = act((x - mean)*s + bias [+ residual]), s = weight/sqrt(var + eps).
 //   nhwc_batch_norm_act_backward(grad_out, out, x, weight, mean, var, eps, relu, mask) -> (dx, dw, db, dres)
 //       pass 1: Σg, Σg·(x - mean) with g = grad_out * (out > 0 if relu);
 //       pass 2: dx = g*s + (x - mean)*k + c, k = -s*Σg·(x - mean)/(M (var + eps)), c = -s*Σg/M; dres = g.
 //
 // Against eager's BatchNorm -> add -> ReLU (stats, apply, add, ReLU: 4 passes forward; ReLU backward,
 // BatchNorm backward's reduction and apply: 3 passes backward) this is 2 passes each way.
-// Sums: statistics in double; gradient sums in float over blocks of 32 rows, then double per (thread,
-// channel); threads combined in a fixed order.
+// Sums: float over blocks of 32 rows, then double per (thread, channel); threads combined in a fixed order.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -102,41 +101,47 @@ std::vector<double> channel_sums(int64_t rows, int64_t C, RowFn&& row_fn) {
   return total;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                                       const std::optional<at::Tensor>& bias,
-                                                       const std::optional<at::Tensor>& residual, double eps,
-                                                       bool relu) {
+std::tuple<at::Tensor, at::Tensor> stats(const at::Tensor& x) {
+  const char* op = "nhwc_batch_stats";
+  const Layout l = check_activation(x, "x", op);
+  const int64_t C = l.C, rows = l.N * l.HW;
+  TORCH_CHECK(rows > 1, op, ": expected more than 1 value per channel, got input size ", x.sizes());
+  const float* xp = x.const_data_ptr<float>();
+  const std::vector<float> pilot(xp, xp + C);
+  const int64_t Cp = padded(C);
+  const std::vector<double> sums = channel_sums(rows, C, [&](int64_t r0, int64_t r1, double* acc, float* tmp) {
+    RESNET_FAST_ISA_CALL(stats_rows, xp, r0, r1, C, Cp, pilot.data(), acc, tmp);
+  });
+  at::Tensor mean = at::empty({C}, x.options()), var = at::empty({C}, x.options());
+  float *mp = mean.mutable_data_ptr<float>(), *vp = var.mutable_data_ptr<float>();
+  for (int64_t c = 0; c < C; ++c) {
+    const double mu = sums[c] / rows;
+    mp[c] = static_cast<float>(pilot[c] + mu);
+    vp[c] = static_cast<float>(std::max(0.0, sums[C + c] / rows - mu * mu));
+  }
+  return {mean, var};
+}
+
+at::Tensor forward(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+                   const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+                   const std::optional<at::Tensor>& residual, double eps, bool relu) {
   const char* op = "nhwc_batch_norm_act";
   const Layout l = check_activation(x, "x", op);
   if (residual) check_same_act(*residual, x, "residual", op);
   const int64_t C = l.C, rows = l.N * l.HW;
-  TORCH_CHECK(rows > 1, op, ": expected more than 1 value per channel, got input size ", x.sizes());
   TORCH_CHECK(eps > 0, op, ": eps must be positive, got ", eps);
+  const std::vector<float> m = vec_or(mean, C, 0.f, "mean"), v = vec_or(var, C, 0.f, "var");
   const std::vector<float> w = vec_or(weight, C, 1.f, "weight"), b = vec_or(bias, C, 0.f, "bias");
-  const float* xp = x.const_data_ptr<float>();
-  const std::vector<float> pilot(xp, xp + C);
-  const std::vector<double> sums = channel_sums(rows, C, [&](int64_t r0, int64_t r1, double* acc, float*) {
-    RESNET_FAST_ISA_CALL(stats_rows, xp, r0, r1, C, pilot.data(), acc);
-  });
-  at::Tensor mean = at::empty({C}, x.options()), var = at::empty({C}, x.options());
-  float *mp = mean.mutable_data_ptr<float>(), *vp = var.mutable_data_ptr<float>();
-  std::vector<float> m(C), ml(C), s(C);
-  for (int64_t c = 0; c < C; ++c) {
-    const double mu = sums[c] / rows;
-    const double v = std::max(0.0, sums[C + c] / rows - mu * mu);
-    const double mean_d = pilot[c] + mu;
-    mp[c] = m[c] = static_cast<float>(mean_d);
-    ml[c] = static_cast<float>(mean_d - m[c]);
-    vp[c] = static_cast<float>(v);
-    s[c] = static_cast<float>(w[c] / std::sqrt(v + eps));
-  }
+  std::vector<float> s(C);
+  for (int64_t c = 0; c < C; ++c) s[c] = static_cast<float>(w[c] / std::sqrt(static_cast<double>(v[c]) + eps));
   at::Tensor out = at::empty_like(x);
+  const float* xp = x.const_data_ptr<float>();
   const float* rp = residual ? residual->const_data_ptr<float>() : nullptr;
   float* op_ = out.mutable_data_ptr<float>();
   at::parallel_for(0, rows, grain(C), [&](int64_t r0, int64_t r1) {
-    RESNET_FAST_ISA_CALL(apply_rows, xp, rp, op_, m.data(), ml.data(), s.data(), b.data(), C, relu, r0, r1);
+    RESNET_FAST_ISA_CALL(apply_rows, xp, rp, op_, m.data(), s.data(), b.data(), C, relu, r0, r1);
   });
-  return {out, mean, var};
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
@@ -183,6 +188,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
 }  // namespace bn_train
 
 TORCH_LIBRARY_IMPL(resnet_fast_C, CPU, m) {
+  m.impl("nhwc_batch_stats", &bn_train::stats);
   m.impl("nhwc_batch_norm_act", &bn_train::forward);
   m.impl("nhwc_batch_norm_act_backward", &bn_train::backward);
 }

@@ -19,7 +19,7 @@ from .native_cpu import _nhwc_float
 from .native_cpu import primitives as _C  # torch.ops.resnet_fast_C, float32 NHWC CPU calls vectorized
 
 _LIB = torch.ops.resnet_fast_C
-_HAVE_BN_TRAIN = hasattr(_LIB, "nhwc_batch_norm_act")  # an older build of the extension lacks it
+_HAVE_BN_TRAIN = hasattr(_LIB, "nhwc_batch_stats")  # an older build of the extension lacks it
 
 _ONEDNN_POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
 _ONEDNN_REORDER = getattr(torch.ops.mkldnn, "_reorder_convolution_weight", None)
@@ -51,15 +51,25 @@ def _bn_train_kernel(x: Tensor, weight, bias) -> bool:
     return _HAVE_BN_TRAIN and _nhwc_float(x) and _nhwc_float_vec(weight) and _nhwc_float_vec(bias)
 
 
-def batch_norm_act(P, x, weight, bias, residual, eps, relu):
-    """Override: statistics and apply in one C++ call for float32 NHWC on CPU, else the composite."""
-    if not _bn_train_kernel(x, weight, bias) or (residual is not None and not _nhwc_float(residual)):
-        return composites.batch_norm_act(P, x, weight, bias, residual, eps, relu)
-    return _LIB.nhwc_batch_norm_act(x, weight, bias, residual, eps, relu)
+def batch_stats(P, x):
+    """Override: one C++ pass for float32 NHWC on CPU, else the composite."""
+    if not (_HAVE_BN_TRAIN and _nhwc_float(x)):
+        return composites.batch_stats(P, x)
+    return _LIB.nhwc_batch_stats(x)
+
+
+def batch_norm_act(P, x, mean, var, weight, bias, residual, eps, relu):
+    """Override: the apply pass in one C++ call for float32 NHWC on CPU, else the composite."""
+    if not (_bn_train_kernel(x, weight, bias) and _nhwc_float_vec(mean) and _nhwc_float_vec(var)) or (
+            residual is not None and not _nhwc_float(residual)):
+        return composites.batch_norm_act(P, x, mean, var, weight, bias, residual, eps, relu)
+    return _LIB.nhwc_batch_norm_act(x, mean, var, weight, bias, residual, eps, relu)
 
 
 def batch_norm_act_backward(P, grad_out, out, x, weight, mean, var, eps, relu, output_mask):
     """Override: the two backward passes in one C++ call for float32 NHWC on CPU, else the composite."""
+    if _bn_train_kernel(x, weight, None) and grad_out.dtype == torch.float32 and not _nhwc_float(grad_out):
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)  # e.g. from avgpool's backward
     if not (_bn_train_kernel(x, weight, None) and _nhwc_float(grad_out) and _nhwc_float(out)
             and mean.dtype == torch.float32 and var.dtype == torch.float32):
         return composites.batch_norm_act_backward(P, grad_out, out, x, weight, mean, var, eps, relu, output_mask)

@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 import resnet_fast
+from resnet_fast.backends import onednn_graph
 from helpers import assert_close_to_ref, gpu_only
 
 
@@ -60,16 +61,22 @@ def assert_2x_eager(name, out, tv_model, x, dtype):
 def test_float32_matches_eval_model(arch, device):
     tv = make(arch, device)
     fast = resnet_fast.optimize_for_inference(tv)
+    per_conv = resnet_fast.optimize_for_inference(tv, onednn_graph=False)
     x = torch.randn(2, 3, 48, 48, device=device)
-    out = fast(x)
-    assert out.dtype == torch.float32 and out.shape == (2, 10)
-    assert_same(out, eval_output(tv, x), device)
-    assert_2x_eager("logits", out, tv, x, torch.float32)
+    expected = eval_output(tv, x)
+    for model in (fast, per_conv):
+        out = model(x)
+        assert out.dtype == torch.float32 and out.shape == (2, 10)
+        assert_same(out, expected, device)
+        assert_2x_eager("logits", out, tv, x, torch.float32)
     assert not tv.training  # the source model is left as it was
-    # CPU float32 on the native backend: folded weights prepacked once into oneDNN's layout.
+    # CPU float32 on the native backend: the trunk compiled by oneDNN Graph for this shape; per conv,
+    # folded weights prepacked once into oneDNN's layout.
     native_cpu = device == "cpu" and resnet_fast.backend_info()["cpu"]["conv_bias_act"] == "native"
-    assert fast.stem.prepack == native_cpu
-    assert (fast.stem._packed is not None and fast.stem._packed.layout == torch._mkldnn) == native_cpu
+    graph = native_cpu and onednn_graph.available(torch.device(device), torch.float32)
+    assert fast.graph_shapes == ([(2, 3, 48, 48)] if graph else [])
+    assert per_conv.stem.prepack == native_cpu and not per_conv.onednn_graph and not per_conv.graph_shapes
+    assert (per_conv.stem._packed is not None and per_conv.stem._packed.layout == torch._mkldnn) == native_cpu
 
 
 def test_bfloat16_against_float64(device):
@@ -99,8 +106,9 @@ def test_new_shapes_and_graph_cache_bound(device):
         assert_same(fast(x), eval_output(tv, x), device)
     x = torch.randn(2, 3, 32, 32, device=device, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     assert_same(fast(x), eval_output(tv, x.float()), device)
-    # CUDA: graphs for the first two shapes only, the third ran eagerly; CPU: never a graph.
-    assert fast.graph_shapes == ([(2, 3, 32, 32), (3, 3, 32, 32)] if device == "cuda" else [])
+    # CUDA graphs (or CPU oneDNN Graph trunks) for the first two shapes only, the third ran eagerly.
+    graphs = device == "cuda" or fast.onednn_graph
+    assert fast.graph_shapes == ([(2, 3, 32, 32), (3, 3, 32, 32)] if graphs else [])
 
 
 def test_refolds_after_source_changes(device):
@@ -131,6 +139,44 @@ def test_refolds_after_source_changes(device):
     for m in (fast, snapshot):
         assert_same(m(x), eval_output(tv, x), device)
 
+
+
+@pytest.mark.skipif(not onednn_graph.available(torch.device("cpu"), torch.float32),
+                    reason="this torch has no TorchScript oneDNN Graph fuser")
+def test_onednn_graph_trunk_per_shape_dropped_on_refold():
+    """CPU float32: one compiled trunk per input shape; the process-wide fuser switch is restored; a
+    refold (here a running-statistics change) drops the trunk, whose frozen constants are the old weights."""
+    tv = make("resnet10")
+    fast = resnet_fast.optimize_for_inference(tv)
+    x = torch.randn(2, 3, 32, 32)
+    switch = torch.jit.onednn_fusion_enabled()
+    assert_same(fast(x), eval_output(tv, x), "cpu")
+    assert torch.jit.onednn_fusion_enabled() == switch
+    first = fast._cpu_graphs[(2, 3, 32, 32)]
+    assert first is not None and fast.graph_shapes == [(2, 3, 32, 32)]
+    assert_same(fast(x), eval_output(tv, x), "cpu")  # replayed, same numbers
+    assert fast._cpu_graphs[(2, 3, 32, 32)] is first
+    with torch.no_grad():
+        tv.layer1[0].bn1.running_var.mul_(4.0)
+    assert_same(fast(x), eval_output(tv, x), "cpu")
+    assert fast._cpu_graphs[(2, 3, 32, 32)] is not first
+    # fc alone changing keeps the trunk (fc runs after it)
+    second = fast._cpu_graphs[(2, 3, 32, 32)]
+    with torch.no_grad():
+        tv.fc.weight.mul_(2.0)
+    assert_same(fast(x), eval_output(tv, x), "cpu")
+    assert fast._cpu_graphs[(2, 3, 32, 32)] is second
+
+
+def test_groups_and_dilation_both_cpu_paths():
+    """Grouped and dilated convs (ResNeXt-style, replace_stride_with_dilation) on the default path (on CPU
+    float32 the oneDNN Graph trunk) and the per-conv path, against float64."""
+    tv = _randomize_norms(torchvision.models.ResNet(
+        torchvision.models.resnet.Bottleneck, [1, 1, 1, 1], groups=4, width_per_group=8, num_classes=10,
+        replace_stride_with_dilation=[False, True, True])).eval()
+    x = torch.randn(2, 3, 40, 40)
+    for model in (resnet_fast.optimize_for_inference(tv), resnet_fast.optimize_for_inference(tv, onednn_graph=False)):
+        assert_2x_eager("grouped / dilated logits", model(x), tv, x, torch.float32)
 
 def test_bad_input_and_unsupported_models():
     fast = resnet_fast.optimize_for_inference(make("resnet10"))

@@ -1,7 +1,7 @@
-"""torch.ops.resnet_fast.batch_norm_act (training BatchNorm + residual + ReLU written once) and its backward
-against the plain-PyTorch reference F.batch_norm -> + residual -> relu: outputs, batch statistics and the
-gradients of input, weight, bias and residual, per backend (tests/ops/conftest.py), in both layouts;
-opcheck; and the errors bad input gets."""
+"""torch.ops.resnet_fast.batch_stats + batch_norm_act (training BatchNorm + residual + ReLU written once) and
+its backward against the plain-PyTorch reference F.batch_norm -> + residual -> relu: outputs, batch
+statistics and the gradients of input, weight, bias and residual, per backend (tests/ops/conftest.py), in
+both layouts; opcheck; and the errors bad input gets."""
 
 import pytest
 import torch
@@ -11,6 +11,11 @@ from resnet_fast import bn_ops
 from helpers import CL, FORMATS, act, assert_close_to_ref, vec
 
 EPS = 1e-5
+
+
+def fused(x, weight, bias, residual, relu):
+    mean, var = bn_ops.batch_stats(x)
+    return bn_ops.batch_norm_act(x, mean, var, weight, bias, residual, EPS, relu), mean, var
 
 
 def reference(x, weight, bias, residual, relu):
@@ -38,7 +43,7 @@ CASES = [((3, 20, 5, 7), True, True, True), ((2, 19, 3, 5), True, False, True), 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_forward_backward_against_reference(shape, affine, residual, relu, fmt, device):
     args = inputs(shape, device, fmt, affine, residual)
-    out, mean, var = bn_ops.batch_norm_act(*args, EPS, relu)
+    out, mean, var = fused(*args, relu)
     args64 = [t.detach().double().requires_grad_(True) if t is not None else None for t in args]
     out32, out64 = reference(*args, relu), reference(*args64, relu)
     assert out.is_contiguous(memory_format=fmt) and out.dtype == torch.float32
@@ -64,7 +69,7 @@ def test_forward_backward_against_reference(shape, affine, residual, relu, fmt, 
 def test_large_mean_keeps_variance(device):
     """|mean| = 1e4 * std: a naive float32 sum / sum of squares would lose the variance."""
     x, w, b, _ = inputs((4, 12, 9, 7), device, CL, True, False, offset=1e4)
-    out, mean, var = bn_ops.batch_norm_act(x, w, b, None, EPS, True)
+    out, mean, var = fused(x, w, b, None, True)
     var64, mean64 = torch.var_mean(x.detach().double(), dim=(0, 2, 3), correction=0)
     torch.testing.assert_close(var.double(), var64, rtol=1e-3, atol=0)
     torch.testing.assert_close(mean.double(), mean64, rtol=1e-6, atol=0)
@@ -73,7 +78,7 @@ def test_large_mean_keeps_variance(device):
 def test_only_requested_gradients(device):
     x, w, b, r = inputs((2, 20, 3, 3), device, CL, True, True)
     w.requires_grad_(False)
-    out, _, _ = bn_ops.batch_norm_act(x, w, b, r.detach(), EPS, True)
+    out, _, _ = fused(x, w, b, r.detach(), True)
     out.sum().backward()
     assert w.grad is None and x.grad is not None and b.grad is not None
 
@@ -83,8 +88,10 @@ def test_opcheck(fmt, device, backend):
     if backend == "triton" and device == "cpu" and fmt is not CL:
         pytest.skip("interpreted Triton: opcheck runs once, channels_last")
     x, w, b, r = inputs((2, 12, 3, 5), device, fmt, True, True)
-    torch.library.opcheck(bn_ops.batch_norm_act, (x, w, b, r, EPS, True))
-    out, mean, var = bn_ops.batch_norm_act(x, w, b, r, EPS, True)
+    torch.library.opcheck(bn_ops.batch_stats, (x,))
+    mean, var = bn_ops.batch_stats(x)
+    torch.library.opcheck(bn_ops.batch_norm_act, (x, mean, var, w, b, r, EPS, True))
+    out = bn_ops.batch_norm_act(x, mean, var, w, b, r, EPS, True)
     torch.library.opcheck(bn_ops.batch_norm_act_backward,
                           (torch.randn_like(out), out.detach(), x.detach(), w.detach(), mean, var, EPS, True,
                            [True, True, True, True]))
@@ -103,4 +110,31 @@ BAD = [
 @pytest.mark.parametrize("make,message", BAD)
 def test_bad_input_raises(make, message, device):
     with pytest.raises((RuntimeError, ValueError), match=message):
-        bn_ops.batch_norm_act(*make(device), EPS, True)
+        fused(*make(device), True)
+
+
+def test_bad_statistics_raise(device):
+    x = torch.randn(2, 4, 3, 3, device=device)
+    with pytest.raises(RuntimeError, match="mean must have shape"):
+        bn_ops.batch_norm_act(x, torch.zeros(3, device=device), torch.ones(4, device=device), None, None, None, EPS,
+                              True)
+    with pytest.raises(RuntimeError, match="eps must be positive"):
+        bn_ops.batch_norm_act(x, torch.zeros(4, device=device), torch.ones(4, device=device), None, None, None, 0.0,
+                              True)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_plain_eager_path_is_the_op(fmt, device):
+    """The models' plain-eager call (bn_ops.*_call: the backend kernels without the torch.library layer) gives
+    the op's numbers bit for bit, forward and backward, including a gradient in the other layout."""
+    args = inputs((3, 20, 5, 7), device, fmt, True, True)
+    other = torch.contiguous_format if fmt is CL else CL
+    g = torch.randn(3, 20, 5, 7, device=device).contiguous(memory_format=other)
+    results = []
+    for stats, apply in ((bn_ops.batch_stats, bn_ops.batch_norm_act),
+                         (bn_ops.batch_stats_call, bn_ops.batch_norm_act_call)):
+        mean, var = stats(args[0].detach())
+        out = apply(args[0], mean, var, *args[1:], EPS, True)
+        results.append((out, mean, var, *torch.autograd.grad(out, args, g)))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

@@ -226,3 +226,19 @@ def test_opcheck(fmt, requires_grad, device, backend):
         seen.add(op._name if hasattr(op, "_name") else str(op))
         torch.library.opcheck(op, args)
     assert len(seen) == len(ops.__all__)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_conv_bias_act_plain_eager_call_is_the_op(fmt, device):
+    """The models' eval call (ops.conv_bias_act_call: the backend kernel without the op layer where nothing
+    needs a gradient) gives the op's numbers bit for bit, and takes the op (with autograd) where one does."""
+    x, _, w, s, p, d, g = conv_args(CONVS[1], device, torch.float32, fmt, False)
+    b = vec(w.shape[0], device, low=-0.5, high=0.5)
+    r = act(ops.conv_bias_act(x, w, b, None, False, s, p, d, g).shape, device, fmt=fmt)
+    with torch.no_grad():
+        assert torch.equal(ops.conv_bias_act_call(x, w, b, r, True, s, p, d, g),
+                           ops.conv_bias_act(x, w, b, r, True, s, p, d, g))
+    xg = x.clone().requires_grad_(True)
+    out = ops.conv_bias_act_call(xg, w, b, r, True, s, p, d, g)
+    assert out.grad_fn is not None
+    assert torch.equal(out.detach(), ops.conv_bias_act(x, w, b, r, True, s, p, d, g))
