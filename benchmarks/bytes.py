@@ -12,10 +12,14 @@ Engines (each counted from its own code path, see bytes_record.py):
                  epilogue; backward aten dgrad/wgrad + Triton passes;
   aten+triton    the same backend where cuDNN's convolution wins (RESNET_FAST_CONV=aten): Triton passes around it;
   cudnn-fused    float16: the cuDNN fused-graph engine (resnet_fast.backends.cudnn) for conv_bn_stats and its
-                 backward (SBR-conv-genstats; SBR-wgrad, dgrad-dReLU), the GPU backend for the rest;
+                 backward (SBR-conv-genstats; SBR-wgrad, dgrad-dReLU-dBN: dx and the previous BN's sums in
+                 the dgrad epilogue), the GPU backend for the rest;
   triton-closed  the backward closed in Triton (planned for bfloat16, counted in float16 too): the Triton backend's
-                 closed_backward.py, wgrad and dgrad with the chain rule on load, the BN+ReLU prologue, dReLU
-                 and the dBN sums fused (not wired into the dispatch yet); the forward as triton-gemm.
+                 "triton-closed" engine (closed_backward.py, forced through the registry's engine router):
+                 wgrad and dgrad with the chain rule on load, the BN+ReLU prologue, dReLU and the dBN sums
+                 fused; the forward as triton-gemm;
+  cudnn+closed   float16: what the dispatch table can combine per unit: the cuDNN fused forward, the
+                 triton-closed backward.
 Figures are lower bounds per launch (each operand read or written once). Running-statistics and
 per-channel vector ops are counted (they are tiny); the optimizer step is not (the same for all).
 """
@@ -23,7 +27,6 @@ per-channel vector ops are counted (they are tiny); the optimizer step is not (t
 import argparse
 import contextlib
 import csv
-import functools
 import os
 import sys
 from collections import defaultdict
@@ -74,23 +77,26 @@ def _env(**values):
 
 
 def engines(dtype: torch.dtype) -> Dict[str, tuple]:
-    """name -> (module of the model builders, engine table, environment) for the engines of dtype."""
-    out = {"eager": (torchvision.models, {}, {}),
-           "triton-gemm": (resnet_fast, _table({}), {"RESNET_FAST_CONV": "triton"}),
-           "aten+triton": (resnet_fast, _table({}), {"RESNET_FAST_CONV": "aten"})}
+    """name -> (module of the model builders, engine table, environment, {op: engine forced through the
+    registry's router}) for the engines of dtype."""
+    out = {"eager": (torchvision.models, {}, {}, {}),
+           "triton-gemm": (resnet_fast, _table({}), {"RESNET_FAST_CONV": "triton"}, {}),
+           "aten+triton": (resnet_fast, _table({}), {"RESNET_FAST_CONV": "aten"}, {})}
     from resnet_fast.backends.cudnn import engine as cudnn_engine
-    from resnet_fast.backends.triton import closed_backward
 
-    prims = cudnn_engine.primitives("triton")
+    cudnn = cudnn_engine.bound(cudnn_engine.primitives("triton"))
+    closed = {"conv_bn_stats_backward": "triton-closed"}
     if dtype == torch.float16:
-        out["cudnn-fused"] = (resnet_fast, _table(cudnn_engine.bound(prims)), {"RESNET_FAST_CONV": "aten"})
-    out["triton-closed"] = (resnet_fast, _table({"conv_bn_stats_backward": functools.partial(
-        closed_backward.conv_bn_stats_backward, prims)}), {"RESNET_FAST_CONV": "triton"})
+        out["cudnn-fused"] = (resnet_fast, _table(cudnn), {"RESNET_FAST_CONV": "aten"}, {})
+    out["triton-closed"] = (resnet_fast, _table({}), {"RESNET_FAST_CONV": "triton"}, closed)
+    if dtype == torch.float16:
+        out["cudnn+closed"] = (resnet_fast, _table({"conv_bn_stats": cudnn["conv_bn_stats"]}),
+                               {"RESNET_FAST_CONV": "aten"}, closed)
     return out
 
 
-def count_step(family, table: Dict[str, Callable], env: Dict[str, str], dtype: torch.dtype,
-               batch: int, image: int, arch: str = "resnet50") -> List[Launch]:
+def count_step(family, table: Dict[str, Callable], env: Dict[str, str], forced: Dict[str, str],
+               dtype: torch.dtype, batch: int, image: int, arch: str = "resnet50") -> List[Launch]:
     """Every launch of one training step of family.<arch>() on meta tensors, served by `table`."""
     with torch.device("meta"):
         model = getattr(family, arch)()
@@ -98,6 +104,13 @@ def count_step(family, table: Dict[str, Callable], env: Dict[str, str], dtype: t
         x = torch.empty(batch, 3, image, image, dtype=dtype).contiguous(memory_format=torch.channels_last)
         target = torch.zeros(batch, dtype=torch.long)
     recorder = Recorder(table)
+    with contextlib.ExitStack() as stack:
+        for op, name in forced.items():
+            stack.enter_context(resnet_fast.use_engine(op, name))
+        return _count(model, x, target, recorder, env)
+
+
+def _count(model, x, target, recorder, env) -> List[Launch]:
     with _env(**env), recording_triton(recorder, *_kernel_modules()):
         from resnet_fast.backends.cudnn import engine as cudnn_engine
 
@@ -134,8 +147,8 @@ def by_kernel(launches: List[Launch]) -> List[tuple]:
 def run(batch: int, image: int, dtypes, arch: str = "resnet50"):
     results = {}
     for dtype in dtypes:
-        for name, (family, table, env) in engines(dtype).items():
-            results[(dtype, name)] = count_step(family, table, env, dtype, batch, image, arch)
+        for name, (family, table, env, forced) in engines(dtype).items():
+            results[(dtype, name)] = count_step(family, table, env, forced, dtype, batch, image, arch)
     return results
 
 

@@ -11,7 +11,7 @@ __version__ = "0.1.0"  # the one place the version is written (pyproject.toml re
 
 
 from . import ops  # noqa: F401  (registers torch.ops.resnet_fast)
-from ._dispatch import backend_info, use_backend
+from ._dispatch import backend_info, use_backend, use_engine
 from .sync_bn import SyncBatchNorm2d, convert_sync_batchnorm
 from .builders import (
     from_torchvision,
@@ -45,7 +45,7 @@ from .resnet import BasicBlock, Bottleneck, ResNet, ZeroPadShortcut
 
 __all__ = [
     "optimize_for_inference", "InferenceResNet", "convert_sync_batchnorm", "SyncBatchNorm2d",
-    "ResNet", "BasicBlock", "Bottleneck", "backend_info", "use_backend", "from_torchvision", "to_torchvision",
+    "ResNet", "BasicBlock", "Bottleneck", "backend_info", "use_backend", "use_engine", "from_torchvision", "to_torchvision",
     "resnet18", "resnet34", "resnet50",
     "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
     "wide_resnet101_2", "ZeroPadShortcut", "CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56",

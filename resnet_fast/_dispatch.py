@@ -18,6 +18,11 @@ Choice, per device type, made on first use unless RESNET_FAST_BACKEND or use_bac
   cudnn (cuDNN fused graphs for float16, Triton elsewhere) only when asked for: never run on a GPU yet.
 RESNET_FAST_BACKEND=reference|native|triton|cudnn|auto (default auto); an unavailable request warns and
 takes the reference. resnet_fast.use_backend(name) forces one in a `with` block, and raises instead.
+
+Within a backend, conv_bn_stats and its backward may have alternative engines (the registry's `engines`;
+Triton: triton-gemm, aten+triton, cudnn-fused forward; aten+triton, triton-closed, cudnn-fused backward),
+chosen per call by the measured dispatch table (resnet_fast/backends/tables) or forced with
+resnet_fast.use_engine(op, name) / RESNET_FAST_ENGINE=op=name[,op=name]. Unverified on a GPU.
 """
 
 import contextlib
@@ -147,6 +152,17 @@ def use_backend(name: str, devices: Optional[Sequence[str]] = None) -> Iterator[
         _forced.update(saved)
 
 
+@contextlib.contextmanager
+def use_engine(op: str, name: str) -> Iterator[None]:
+    """Within the block, engine `name` serves `op` (conv_bn_stats or conv_bn_stats_backward) on every backend
+    that declares it, for each call it can serve (its dtypes, devices, package); other calls keep the
+    backend's default. This bypasses the dispatch table and its check against aten: the caller's choice.
+    ValueError for an op without engines or an unknown engine name. The GPU engines (triton-closed,
+    cudnn-fused, triton-gemm through this switch) have been tested on CPU only, never run on a GPU."""
+    with backends.tables.forced(op, name):
+        yield
+
+
 def unavailable_reason(name: str, device_type: str) -> str:
     if name == "native":
         return _NATIVE_ERROR or f"resnet_fast._C was built without {device_type} kernels"
@@ -199,6 +215,9 @@ def backend_info() -> Dict[str, object]:
         decl = backends.BACKENDS[name]
         info[dev] = {op: name for op in backends.OPS}
         info[f"{dev}_fused_overrides"] = sorted(decl.overrides)
+        if decl.engines:
+            info[f"{dev}_engines"] = {op: sorted(e) for op, e in decl.engines.items()}
+            info[f"{dev}_dispatch_table_entries"] = len(backends.tables.entries_for(torch.device(dev)))
         info[f"{dev}_training"] = decl.training
     info["undispatched"] = "bn_finalize, update_running_stats: resnet_fast.bn_math on every device"
     return info

@@ -12,7 +12,9 @@
 #   smoke    scripts/gpu_smoke.py: one resnet50 step + eval per engine (triton, aten) vs torchvision
 #   tests    pytest tests/ -m gpu (CUDA instances only), pytest-xdist workers when importable, TF32 off
 #            (scripts/gpu_tf32_off.py), the native CUDA C++ kernels deselected
-#   probe    scripts/gpu_probe.py --out DIR --budget S, when that script exists
+#   probe    scripts/gpu_probe.py --out DIR --budget S, when that script exists: per resnet50 unit, dtype and
+#            direction every engine timed and checked against aten; its probe/dispatch_table-<device>.json is
+#            the per-shape dispatch table to commit as resnet_fast/backends/tables/<device>.json
 #   bench    RESNET_FAST_BENCH=quick benchmarks with a fixed conv engine (RESNET_FAST_CONV=aten, or
 #            auto over the committed table benchmarks/results/conv_tuning.json): nothing autotunes
 #   compile  the torch.compile(torchvision) baselines (and the eager baseline they divide)

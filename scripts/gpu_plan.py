@@ -60,7 +60,7 @@ ESTIMATE = {
     "native": (1, 2, 15, 0),
 }
 STARTUP_S = 12  # python3 + torch + triton + torchvision imports and the CUDA context, per process
-STAGE_WORKLOADS = {"smoke": wl.smoke, "tests": wl.tests, "bench": wl.bench}
+STAGE_WORKLOADS = {"smoke": wl.smoke, "tests": wl.tests, "probe": wl.probe, "bench": wl.bench}
 EXTRA_WORKLOADS = {"tuning": wl.candidates}  # checked by the dry run, never run in the window
 RECORD_S = 25  # recording all stages' workloads on meta tensors (measured here: ~20 s on 2 busy cores)
 

@@ -5,7 +5,8 @@ Shapes, dtypes and flags mirror the stages: smoke = scripts/gpu_smoke.py's resne
 tests = the `-m gpu` tests (tests/ops: every conv case of the op tests, float32 / float64 / float16 /
 bfloat16, prologue on and off, statistics and bias epilogues, both conv strategies, BN apply / backward
 cases; tests/models: resnet18 / resnet50 steps and eval at 64x64 in three dtypes, the batch-32 224x224
-autocast step, autocast at 32x32, CUDA-graph / compile / inference tests); bench = resnet50 at batch
+autocast step, autocast at 32x32, CUDA-graph / compile / inference tests; the closed Triton backward's
+engine tests); probe = scripts/gpu_probe.py's Triton engines on every resnet50 unit; bench = resnet50 at batch
 256 (training step and eval) and the op benchmarks' layers. A change of those tests' shapes should
 be mirrored here (the counts are estimates of the test stage, exact for smoke and bench).
 """
@@ -65,7 +66,7 @@ def _backward(outs, leaves):
     torch.autograd.grad(outs, leaves, [torch.empty_like(o) for o in outs], allow_unused=True)
 
 
-def conv_unit(case, dtype, prologue, train=True):
+def conv_unit(case, dtype, prologue, train=True, bias_cases=True):
     n, cin, h, w, cout, k, s, p, d, g = case
     sdt = torch.float64 if dtype == torch.float64 else torch.float32
     x, wt = t(n, cin, h, w, dtype=dtype, grad=True), t(cout, cin // g, k, k, dtype=dtype, grad=True)
@@ -74,7 +75,7 @@ def conv_unit(case, dtype, prologue, train=True):
     if train:
         y, mean, var = ops.conv_bn_stats(x, *pro, True, wt, *args)
         _backward([y, mean, var], [x, wt] + [v for v in pro if v is not None])
-    for residual, relu in ((False, True), (True, True), (False, False)):
+    for residual, relu in ((False, True), (True, True), (False, False)) if bias_cases else ():
         oh, ow = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
         res = t(n, cout, oh, ow, dtype=dtype, grad=True) if residual else None
         out = ops.conv_bias_act(x, wt, t(cout, dtype=dtype, grad=True), res, relu, *args)
@@ -135,6 +136,9 @@ def tests():
     for case, prologue in itertools.product(CONVS[:6], (False, True)):
         conv_unit(case, torch.float64, prologue)  # gradcheck / opcheck in float64 (BN kernels only)
     bn_cases((2, 5, 4, 3), torch.float64)
+    closed_units([(2, 6, 7, 6, 9, 3, 2, 1, 1, 1), (2, 7, 5, 5, 17, 1, 1, 0, 1, 1), (2, 6, 7, 6, 9, 3, 1, 1, 1, 1)],
+                 (torch.float32, *HALF))  # tests/triton_closed/test_closed_engine.py on the GPU
+    closed_units([(2, 5, 6, 6, 7, 3, 1, 1, 1, 1)], (torch.float32,))
     with engine("triton"):
         for arch, dtype in itertools.product(("resnet18", "resnet50"), (torch.float32, *HALF)):
             model_step(arch, 4, 64, dtype)
@@ -145,6 +149,35 @@ def tests():
         for amp in HALF:
             model_step("resnet18", 4, 32, amp=amp)
         model_step("resnet50", 4, 64, amp=torch.bfloat16, train=False)
+
+
+def closed_units(cases, dtypes):
+    """conv units whose backward runs on the closed Triton engine (the "triton-closed" engine, forced)."""
+    with resnet_fast.use_engine("conv_bn_stats_backward", "triton-closed"):
+        for case, dtype in itertools.product(cases, dtypes):
+            conv_unit(case, dtype, True, bias_cases=False)
+
+
+def probe():
+    """What scripts/gpu_probe.py launches in Triton: every resnet50 conv unit at batch 256 in float16 and
+    bfloat16 on the Triton engines of each direction (triton-gemm and aten+triton forward; aten+triton and
+    triton-closed backward: the closed backward's wgrad / dgrad kernels), called as the probe calls them."""
+    import gpu_probe
+    from resnet_fast import backends
+
+    for shape, dtype in itertools.product(gpu_probe.unit_shapes(False), HALF):
+        n, c, h, w, k, r, s, p, pro = shape
+        sdt = torch.float32
+        x, wt = t(n, c, h, w, dtype=dtype), t(k, c, r, r, dtype=dtype)
+        vec = (t(c, dtype=sdt), t(c, dtype=sdt), t(c, dtype=sdt)) if pro else (None, None, None)
+        conv = ([s, s], [p, p], [1, 1], 1)
+        for name, fn in backends.engine_functions("triton", "conv_bn_stats").items():
+            if name != "cudnn-fused":
+                y, mean, _ = fn(x, *vec, True, wt, *conv)
+        for name, fn in backends.engine_functions("triton", "conv_bn_stats_backward").items():
+            if name != "cudnn-fused":
+                fn(torch.empty_like(y), t(k, dtype=sdt), t(k, dtype=sdt), x, *vec, True, wt, y, mean, *conv,
+                   [True, pro, pro, pro, True])
 
 
 def bench():

@@ -1,10 +1,11 @@
 """cuDNN check_support of every fused graph of a resnet18 / resnet50 training step at batch 256 (stem
 included), on CPU: a stub libcuda.so.1 built here with gcc, the committed sm_90 device description, in a
 process of its own. What cuDNN 9.24 answers (2026-12-01, sm_90):
-  float16   every SBR-conv-genstats, SBR-wgrad and dgrad(-dReLU) graph, except the 3-channel stem's
-            fprop (no engine: the engine sends it to the fallback);
-  bfloat16  no fused fprop (with or without the prologue: genstats) and no SBR-wgrad; plain wgrad and
-            dgrad(-dReLU) yes. (A subset of resnet50's graphs is checked, to keep the test short.)
+  float16   every SBR-conv-genstats, SBR-wgrad, plain dgrad and dgrad-dReLU-dBN (dgrad_dbn: dx = g*scale and
+            the previous BatchNorm's sums in the dgrad epilogue) graph, except the 3-channel stem's fprop (no
+            engine: the engine sends it to the fallback);
+  bfloat16  no fused fprop (with or without the prologue: genstats) and no SBR-wgrad; plain wgrad, dgrad and
+            dgrad_dbn yes. (A subset of resnet50's graphs is checked, to keep the test short.)
 A later cuDNN that changes an answer fails here: update the README's table with it."""
 
 import json
@@ -47,7 +48,7 @@ def test_float16_graphs_are_supported(arch, float16_rows):
     unsupported = [r for r in rows if not r["supported"]]
     assert [(r["graph"]["pattern"], r["graph"]["c"]) for r in unsupported] == [("fprop", 3)], \
         json.dumps(unsupported, indent=1)
-    assert {r["graph"]["pattern"] for r in rows} == {"fprop", "wgrad", "dgrad"}
+    assert {r["graph"]["pattern"] for r in rows} == {"fprop", "wgrad", "dgrad", "dgrad_dbn"}
     assert any(r["graph"]["prologue"] for r in rows) and any(r["graph"]["stride"] == [2, 2] for r in rows)
 
 
@@ -56,8 +57,16 @@ def test_bfloat16_support_is_as_documented(stub_dir):
     assert len(rows) == 10
     for r in rows:
         g = r["graph"]
-        documented = g["pattern"] == "dgrad" or (g["pattern"] == "wgrad" and not g["prologue"])
+        documented = g["pattern"] in ("dgrad", "dgrad_dbn") or (g["pattern"] == "wgrad" and not g["prologue"])
         assert r["supported"] == documented == deviceless.expected_support(_unit(g)), json.dumps(r)
+
+
+def test_chain_rule_cannot_be_a_prologue_of_the_loss_operand(stub_dir):
+    """Why the cuDNN engine keeps its chain-rule pass (dy = grad_y + a*(y - mean) + c): no engine fuses it into
+    the dgrad or SBR-wgrad loss operand. A cuDNN that does fails here: fuse it then (engine.py)."""
+    rows = deviceless.check_in_subprocess(["resnet50"], 256, "float16", stub_dir, extra=["--chain-rule"])
+    assert [(r["pattern"], r["supported"]) for r in rows] == [("dgrad", False), ("wgrad", False)], rows
+    assert all(r["reason"].startswith("cudnnGraphNotSupportedError") for r in rows), rows  # built, no engine
 
 
 def test_stub_answers_no_device(stub_dir):

@@ -49,6 +49,20 @@ def test_forward_and_backward_match_reference_float64(shape, prologue):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9, msg=lambda s: f"{name}: {s}")
 
 
+def test_backward_without_a_prologue_mean_matches_reference_float64():
+    """in_mean None (a prologue of scale and bias only): the dgrad_dbn graph centres x at 0."""
+    x, (_, sc, b), wt, stride, padding, dil = _inputs(SHAPES[1], torch.float64, True)
+    y, mean, _ = ref.conv_bn_stats(x, None, sc, b, True, wt, stride, padding, dil, 1)
+    gy, gm, gv = torch.randn_like(y), torch.randn_like(mean), torch.randn_like(mean)
+    mask = [True, False, True, True, True]
+    with engine.use_executor(TorchExecutor()):
+        got = engine.conv_bn_stats_backward(P, gy, gm, gv, x, None, sc, b, True, wt, y, mean, stride, padding, dil, 1,
+                                            mask)
+    want = ref.conv_bn_stats_backward(gy, gm, gv, x, None, sc, b, True, wt, y, mean, stride, padding, dil, 1, mask)
+    for name, g, w in zip(("dx", "d_in_mean", "d_in_scale", "d_in_bias", "dW"), got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9, msg=lambda s: f"{name}: {s}")
+
+
 def test_float16_forward_close_to_reference():
     x, (m, sc, b), wt, stride, padding, dil = _inputs(SHAPES[0], torch.float16, True)
     with engine.use_executor(TorchExecutor()):
@@ -87,13 +101,14 @@ def test_bindings_are_nhwc_with_the_graphs_dtypes():
         y, mean, var = torch.randn_like(y), torch.randn_like(mean), torch.rand_like(var)  # (outputs never computed)
         engine.conv_bn_stats_backward(P, torch.randn_like(y), mean, var, x, m, sc, b, True, wt, y, mean, stride,
                                       padding, dil, 1, [True, True, True, True, True])
-    assert [c[0].pattern for c in rec.calls] == ["fprop", "wgrad", "dgrad"]
+    assert [c[0].pattern for c in rec.calls] == ["fprop", "wgrad", "dgrad_dbn"]
     for unit, tensors in rec.calls:
         check_bindings(unit, tensors)  # raises on any shape / stride / dtype mismatch
         assert tensors["x"].is_contiguous(memory_format=CL) and tensors["scale"].dtype == torch.float16
         assert unit.prologue and unit.stride == (2, 2)
     assert logged == [("cudnn.fprop+sbr", "conv", 4, 3), ("cudnn.wgrad+sbr", "conv", 4, 1),
-                      ("cudnn.dgrad+sbr", "conv", 5, 1)]
+                      ("cudnn.dgrad_dbn+sbr", "conv", 7, 3)]  # dx and both dBN sums from the dgrad epilogue
+    assert rec.calls[2][1]["in_scale"].dtype == rec.calls[2][1]["sum"].dtype == torch.float32
     with pytest.raises(ValueError, match="strides"):
         check_bindings(rec.calls[0][0], {**rec.calls[0][1], "x": x.contiguous()})
 
@@ -166,4 +181,4 @@ def test_registry_entry_loads_and_serves_through_the_engine(monkeypatch):
         y, mean, var = torch.randn_like(y), torch.randn_like(mean), torch.rand_like(var)
         table["conv_bn_stats_backward"](torch.randn_like(y), mean, var, x, m, sc, b, True, wt, y, mean, stride,
                                         padding, dil, 1, [True] * 5)
-    assert [u.pattern for u, _ in rec.calls] == ["fprop", "wgrad", "dgrad"]
+    assert [u.pattern for u, _ in rec.calls] == ["fprop", "wgrad", "dgrad_dbn"]

@@ -77,7 +77,7 @@ def tiny_results():
 
 def test_every_engine_runs_a_step_and_fused_engines_skip_eager_passes(tiny_results):
     assert {name for _, name in tiny_results} == {"eager", "triton-gemm", "aten+triton", "cudnn-fused",
-                                                  "triton-closed"}
+                                                  "triton-closed", "cudnn+closed"}
     for (dtype, name), launches in tiny_results.items():
         ops = {lc.name for lc in launches}
         s = bytes_accounting.summarize(launches)
@@ -88,13 +88,16 @@ def test_every_engine_runs_a_step_and_fused_engines_skip_eager_passes(tiny_resul
             assert not ops & {"aten.native_batch_norm", "aten.relu_", "aten.native_batch_norm_backward"}, name
         if name == "triton-gemm":
             assert "aten.convolution" not in ops and "_conv_fwd_kernel" in ops
-        if name == "triton-closed":  # conv backward only in the fused Triton kernels; no chain-rule pass
+        if name in ("triton-closed", "cudnn+closed"):  # conv backward only in the fused Triton kernels, no chain pass
             assert "aten.convolution_backward" not in ops and {"_wgrad_kernel", "_dgrad_kernel"} <= ops
             assert not [lc for lc in launches if lc.op == "conv_bn_stats_backward" and lc.kind == "memory"
                         and lc.name.startswith("_bn_act")]
         if name == "cudnn-fused":  # the stem's fprop has no cuDNN engine: Triton serves it
             stem_forward = [lc for lc in launches if lc.name == "aten.convolution"]
-            assert len(stem_forward) == 1 and {"cudnn.fprop+sbr", "cudnn.wgrad+sbr", "cudnn.dgrad+sbr"} <= ops
+            assert len(stem_forward) == 1 and {"cudnn.fprop+sbr", "cudnn.wgrad+sbr", "cudnn.dgrad_dbn+sbr"} <= ops
+            # the previous BN's backward (dReLU, dBN sums, dx = g*scale) is in the dgrad epilogue: no pass for it
+            assert not [lc for lc in launches if lc.op == "conv_bn_stats_backward" and lc.kind == "memory"
+                        and lc.name == "_bn_act_bwd_kernel"]
 
 
 def test_markdown_and_csv(tiny_results, tmp_path):

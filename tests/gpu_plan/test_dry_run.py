@@ -38,8 +38,15 @@ for name, args in {"base": (2, 64, 17, 64, 3), "other_h_n": (3, 64, 33, 64, 3), 
     keys[name] = sorted(k for k in rec.specs if k.startswith("_conv_fwd_kernel"))
     spec = next(s for s in rec.specs.values() if s["kernel"] == "_conv_fwd_kernel")
     keys[name + "_spec"] = spec
-res = sm90_compile.compile_all([keys["1x1_spec"]], workers=1)
-print(json.dumps({"keys": {k: v for k, v in keys.items() if not k.endswith("_spec")}, "result": res[0]}))
+import plan_workloads
+probe = sm90_compile.Recorder()
+with probe.record():
+    plan_workloads.probe()  # the GPU probe's Triton engines, the closed backward's kernels among them
+closed = [next(s for s in probe.specs.values() if s["kernel"] == k and s["half"])
+          for k in ("_wgrad_kernel", "_dgrad_kernel")]
+res = sm90_compile.compile_all([keys["1x1_spec"], *closed], workers=1)
+print(json.dumps({"keys": {k: v for k, v in keys.items() if not k.endswith("_spec")}, "result": res[0],
+                  "closed": res[1:], "probe_kernels": sorted({s["kernel"] for s in probe.specs.values()})}))
 """
 
 
@@ -66,6 +73,16 @@ def test_recorded_specialization_compiles_for_sm90(recorded):
     assert r["error"] is None, r["error"]
     assert r["half"] and r["registers"] and 0 < r["shared"] <= sm90_compile.SM90_SMEM_LIMIT
     assert sm90_compile.problems([r]) == []
+
+
+def test_closed_backward_kernels_are_recorded_and_compile_for_sm90(recorded):
+    """The probe stage's workload launches the closed Triton backward (the "triton-closed" engine), so the dry
+    run's sm_90 compile and the window's precompile cover its kernels; one half-precision specialization of
+    each compiles without spills within the shared-memory limit."""
+    assert {"_wgrad_kernel", "_dgrad_kernel", "_conv_fwd_kernel"} <= set(recorded["probe_kernels"])
+    for r in recorded["closed"]:
+        assert r["error"] is None and r["registers"], r
+    assert sm90_compile.problems(recorded["closed"]) == []
 
 
 def test_problems_flag_errors_half_spills_and_shared_memory():

@@ -46,7 +46,7 @@ def expected_support(unit: UnitGraph) -> bool:
     (the 3-channel stem); bfloat16 no fused fprop (genstats) and no SBR-wgrad."""
     if unit.dtype == torch.float16:
         return not (unit.pattern == "fprop" and unit.c < 8)
-    return unit.pattern == "dgrad" or (unit.pattern == "wgrad" and not unit.prologue)
+    return unit.pattern in ("dgrad", "dgrad_dbn") or (unit.pattern == "wgrad" and not unit.prologue)
 
 
 def stub_source() -> str:
@@ -93,6 +93,8 @@ def resnet_unit_graphs(arch: str, batch: int, dtype: torch.dtype, image: int = 2
         if conv.groups != 1:
             continue
         for pattern in patterns:
+            if pattern.startswith("dgrad") and prologue != (pattern == "dgrad_dbn"):
+                continue  # the engine's dgrad: with the prologue dgrad_dbn (dReLU + dBN sums fused), else plain
             g = UnitGraph(pattern, n, c, h, w, conv.out_channels, *conv.kernel_size, tuple(conv.stride),
                           tuple(conv.padding), tuple(conv.dilation), prologue, dtype)
             if g not in graphs:
@@ -100,13 +102,61 @@ def resnet_unit_graphs(arch: str, batch: int, dtype: torch.dtype, image: int = 2
     return graphs
 
 
+def chain_rule_prologue_support(props, sm: int, n=256, c=64, h=56, w=56, k=64, r=3) -> List[dict]:
+    """Whether cuDNN fuses the BN statistics' chain rule dy = grad_y + a*(y - mean) + c into the loss operand
+    of a dgrad / SBR-wgrad graph (float16, float32 vectors): the question that decides whether the cuDNN
+    engine's chain-rule pass can go. cuDNN 9.24, sm_90: no (no engine), so the engine keeps the pass."""
+    import cudnn
+
+    from .graphs import nhwc_strides
+
+    half, f32 = cudnn.data_type.HALF, cudnn.data_type.FLOAT
+    rows = []
+    for pattern in ("dgrad", "wgrad"):
+        g = cudnn.pygraph(io_data_type=half, intermediate_data_type=f32, compute_data_type=f32,
+                          device_property=props, sm_version=sm)
+        def act(name, ch):
+            return g.tensor(name=name, dim=[n, ch, h, w], stride=list(nhwc_strides(n, ch, h, w)), data_type=half)
+
+        def vec(name, ch, dt):
+            return g.tensor(name=name, dim=[1, ch, 1, 1], stride=[ch, 1, ch, ch], data_type=dt)
+
+        def virt(v, ch):
+            return v.set_dim([n, ch, h, w]).set_stride(list(nhwc_strides(n, ch, h, w))).set_data_type(f32)
+
+        centred = virt(g.sub(a=act("y", k), b=vec("mean", k, f32)), k)
+        dy = virt(g.add(a=act("gy", k), b=virt(g.add(a=virt(g.mul(a=centred, b=vec("a", k, f32)), k),
+                                                      b=vec("c", k, f32)), k)), k)
+        conv = dict(padding=[r // 2] * 2, stride=[1, 1], dilation=[1, 1], compute_data_type=f32)
+        if pattern == "dgrad":
+            wt = g.tensor(name="w", dim=[k, c, r, r], stride=list(nhwc_strides(k, c, r, r)), data_type=half)
+            out = g.conv_dgrad(loss=dy, filter=wt, **conv).set_dim([n, c, h, w])
+            out.set_stride(list(nhwc_strides(n, c, h, w)))
+        else:
+            z = virt(g.scale(input=act("x", c), scale=vec("scale", c, half)), c)
+            z = virt(g.relu(input=virt(g.bias(input=z, bias=vec("bias", c, half)), c)), c)
+            out = g.conv_wgrad(image=z, loss=dy, **conv).set_dim([k, c, r, r])
+            out.set_stride(list(nhwc_strides(k, c, r, r)))
+        out.set_output(True).set_name("out").set_data_type(half)
+        try:
+            g.validate()
+            g.build_operation_graph()
+            g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+            g.check_support()
+            rows.append({"pattern": pattern, "supported": True, "reason": ""})
+        except Exception as e:  # noqa: BLE001
+            rows.append({"pattern": pattern, "supported": False,
+                         "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+    return rows
+
+
 def check_in_subprocess(archs: Sequence[str], batch: int, dtype: str, stub_dir: Optional[str] = None,
-                        limit: int = 0, timeout: float = 600) -> List[dict]:
+                        limit: int = 0, timeout: float = 600, extra: Sequence[str] = ()) -> List[dict]:
     """Runs the check in a fresh interpreter (the stub must never enter a process that uses CUDA)."""
     stub_dir = stub_dir or tempfile.mkdtemp(prefix="resnet_fast_cudnn_")
     lib = build_stub(stub_dir)
     cmd = [sys.executable, "-m", "resnet_fast.backends.cudnn.deviceless", "--arch", *archs, "--batch", str(batch),
-           "--dtype", dtype, "--stub", lib, "--limit", str(limit)]
+           "--dtype", dtype, "--stub", lib, "--limit", str(limit), *extra]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
@@ -119,6 +169,8 @@ def main(argv=None) -> None:
     p.add_argument("--sm", type=int, default=90)
     p.add_argument("--stub", help="a libcuda.so.1 stub to load first (build_stub)")
     p.add_argument("--limit", type=int, default=0, help="check only the first N graphs (0: all)")
+    p.add_argument("--chain-rule", action="store_true",
+                   help="instead: can the chain rule be a dgrad / wgrad loss prologue (chain_rule_prologue_support)")
     a = p.parse_args(argv)
     if a.stub:
         ctypes.CDLL(a.stub, mode=ctypes.RTLD_GLOBAL)  # later dlopen("libcuda.so.1") finds it by soname
@@ -127,6 +179,10 @@ def main(argv=None) -> None:
     from .graphs import check_support
 
     props = cudnn.create_device_properties(device_properties_json(a.sm))
+    if a.chain_rule:
+        for row in chain_rule_prologue_support(props, a.sm):
+            print(json.dumps(row), flush=True)
+        return
     for arch in a.arch:
         graphs = resnet_unit_graphs(arch, a.batch, getattr(torch, a.dtype))
         for g in graphs[: a.limit or None]:

@@ -6,9 +6,14 @@ Forward, one graph:   y, sum y, sum y^2 = fprop graph(x, scale', bias', W)    (B
 Backward:             dy = grad_y + (y - mean)*2*grad_var/M + grad_mean/M    (P.bn_act, one pass: the BN
                                                                               statistics' chain rule)
                       dW = wgrad graph(x, scale', bias', dy)                  (prologue recomputed on load)
-                      g  = dgrad graph(dy, W, x, scale', bias')               (dReLU mask recomputed)
-                      dx = g*in_scale, sum g, sum g*(x - in_mean)             (P.bn_act_backward)
-with scale' = in_scale, bias' = in_bias - in_mean*in_scale in the activations' dtype. Note the variance
+                      dx, sum g, sum g*(x - in_mean) = dgrad_dbn graph(dy, W, x, scale', bias', in_scale,
+                           in_mean), g = dReLU(dgrad(dy))                     (mask recomputed, dBN sums and
+                                                                              dx = g*in_scale in its epilogue)
+                      without a prologue: dx = dgrad graph(dy, W)
+with scale' = in_scale, bias' = in_bias - in_mean*in_scale in the activations' dtype. The chain rule stays a
+pass of its own: no cuDNN engine takes a pointwise prologue on the dgrad / wgrad loss operand (deviceless
+check_support, cuDNN 9.24, sm_90: "no valid engine configs"); the Triton closed backward applies it on load.
+Note the variance
 comes from sums (E[y^2] - E[y]^2, as cuDNN's genstats gives them): less robust than the Triton
 backend's Chan merge when |mean| >> std.
 
@@ -154,7 +159,7 @@ def conv_bn_stats_backward(P, grad_y, grad_mean, grad_var, x, in_mean, in_scale,
     prologue = in_scale is not None
     need_z = need_x or need_mean or need_scale or need_bias
     units = [_unit(pat, x, weight, stride, padding, dilation, prologue)
-             for pat, need in (("wgrad", need_w), ("dgrad", need_z)) if need]
+             for pat, need in (("wgrad", need_w), ("dgrad_dbn" if prologue else "dgrad", need_z)) if need]
     servable = _servable("conv_bn_stats_backward", x, in_scale, in_relu, groups)
     if not servable or not all(supported(u, x.device) for u in units):
         return FALLBACK["conv_bn_stats_backward"](P, grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias,
@@ -173,13 +178,20 @@ def conv_bn_stats_backward(P, grad_y, grad_mean, grad_var, x, in_mean, in_scale,
         dw = dw.contiguous(memory_format=memory_format_of(weight))
     if not need_z:
         return [empty, empty, empty, empty, dw]
-    g = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=CL)
-    executor()(units[-1], {"dy": dy, "w": _nhwc(weight), **({"x": xs, **vectors} if prologue else {}), "dx": g})
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=CL)
     if not prologue:
-        return [g.contiguous(memory_format=memory_format_of(x)), empty, empty, empty, dw]
-    # g is dL/d(pre-activation): dx = g*scale, d bias = sum g, d scale = sum g*(x - mean), d mean = -scale*sum g.
-    dx, _, total, xsum, _ = P.bn_act_backward(g, g, xs, in_mean, in_scale, None, None, None, False,
-                                              [need_x, False, need_bias or need_mean, need_scale, False])
+        executor()(units[-1], {"dy": dy, "w": _nhwc(weight), "dx": dx})
+        return [dx.contiguous(memory_format=memory_format_of(x)), empty, empty, empty, dw]
+    # g = dL/d(pre-activation), in the graph only: dx = g*in_scale, d in_bias = sum g,
+    # d in_scale = sum g*(x - in_mean), d in_mean = -in_scale*sum g (dx is written even when only sums are needed)
+    c, sdt = x.shape[1], stat_dtype(x.dtype)
+    # zeroed: whether cuDNN's fused reduction writes or accumulates (split-K style) is unverified on a GPU
+    sums = torch.zeros((2, 1, c, 1, 1), dtype=sdt, device=x.device)
+    centre = in_mean if in_mean is not None else in_scale.new_zeros(c)
+    executor()(units[-1], {"dy": dy, "w": _nhwc(weight), "x": xs, **vectors, "dx": dx, "sum": sums[0],
+                           "xsum": sums[1], "in_scale": in_scale.to(sdt).reshape(1, c, 1, 1),
+                           "in_mean": centre.to(sdt).reshape(1, c, 1, 1)})
+    total, xsum = sums[0].view(c), sums[1].view(c)
     return [dx.contiguous(memory_format=memory_format_of(x)) if need_x else empty,
             -in_scale * total if need_mean and in_mean is not None else empty,
             xsum if need_scale else empty, total if need_bias else empty, dw]

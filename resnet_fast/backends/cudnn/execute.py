@@ -141,7 +141,13 @@ class TorchExecutor:
             dx, _, _ = torch.ops.aten.convolution_backward(t["dy"], t["dy"].new_empty(shape), t["w"], None,
                                                            conv["stride"], conv["padding"], conv["dilation"], False,
                                                            [0, 0], 1, [True, False, False])
-            tensors["dx"].copy_(dx * (pre > 0) if unit.prologue else dx)
+            g = dx * (pre > 0) if unit.prologue else dx
+            if unit.pattern == "dgrad_dbn":
+                tensors["dx"].copy_(g * t["in_scale"])
+                tensors["sum"].copy_(g.sum(dim=(0, 2, 3), keepdim=True))
+                tensors["xsum"].copy_((g * (t["x"] - t["in_mean"])).sum(dim=(0, 2, 3), keepdim=True))
+            else:
+                tensors["dx"].copy_(g)
 
 
 class Recording:

@@ -1,10 +1,13 @@
 """The cuDNN fused graphs of one conv -> BatchNorm -> ReLU unit, described in plain Python (shapes, NHWC
 strides, dtypes, which tensors are bound) and built with the cudnn frontend's Python API on demand.
 
-A `UnitGraph` is one of three patterns (what NVIDIA's MLPerf ResNet-50 runs on Hopper):
+A `UnitGraph` is one of four patterns (what NVIDIA's MLPerf ResNet-50 runs on Hopper):
   "fprop"  [scale -> bias -> ReLU on x] -> conv_fprop(., W) -> y, genstats(y) -> (sum y, sum y^2)
   "wgrad"  [scale -> bias -> ReLU on x] -> conv_wgrad(., dy) -> dW         (the prologue recomputed on load)
   "dgrad"  conv_dgrad(dy, W) -> dz [-> relu_backward(dz, x*scale + bias) -> g]   (the ReLU mask recomputed)
+  "dgrad_dbn"  (prologue only) conv_dgrad(dy, W) -> g = relu_backward(., x*scale + bias), then in the same
+           epilogue dx = g*in_scale, sum g and sum g*(x - in_mean): the previous BatchNorm's backward sums
+           (in_scale, in_mean, the sums: float32 [1, C, 1, 1]), so g is never written nor read again
 The bracketed part is present when the unit's input carries the previous BatchNorm + ReLU (`prologue`);
 the BN shift is folded into the bias (bias' = bias - mean*scale), so scale and bias are per-channel
 [1, C, 1, 1] vectors in the activations' dtype (float32 vectors are refused by every fused fprop / wgrad
@@ -20,7 +23,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
-PATTERNS = ("fprop", "wgrad", "dgrad")
+PATTERNS = ("fprop", "wgrad", "dgrad", "dgrad_dbn")
 
 
 class Binding(NamedTuple):
@@ -77,6 +80,13 @@ class UnitGraph(NamedTuple):
         if self.pattern == "wgrad":
             return [act("x", "in", self.c, self.h, self.w), *vec, act("dy", "in", self.k, p, q), weight]
         extra = [act("x", "in", self.c, self.h, self.w), *vec] if self.prologue else []
+        if self.pattern == "dgrad_dbn":
+            if not self.prologue:
+                raise ValueError("the dgrad_dbn graph needs the prologue (its sums are the previous BN's)")
+            sdt = torch.float64 if self.dtype == torch.float64 else torch.float32
+            cvec = lambda name, role: Binding(name, role, (1, self.c, 1, 1), (self.c, 1, self.c, self.c), sdt)  # noqa: E731
+            return [act("dy", "in", self.k, p, q), weight, *extra, cvec("in_scale", "in"), cvec("in_mean", "in"),
+                    act("dx", "out", self.c, self.h, self.w), cvec("sum", "out"), cvec("xsum", "out")]
         return [act("dy", "in", self.k, p, q), weight, *extra,
                 act("dx", "out", self.c, self.h, self.w)]
 
@@ -86,7 +96,7 @@ class UnitGraph(NamedTuple):
         import cudnn
 
         dt = {torch.float16: cudnn.data_type.HALF, torch.bfloat16: cudnn.data_type.BFLOAT16,
-              torch.float32: cudnn.data_type.FLOAT}
+              torch.float32: cudnn.data_type.FLOAT, torch.float64: cudnn.data_type.DOUBLE}
         kwargs = {"handle": handle} if handle is not None else {"device_property": device_property,
                                                                "sm_version": sm_version}
         g = cudnn.pygraph(io_data_type=dt[self.dtype], intermediate_data_type=cudnn.data_type.FLOAT,
@@ -122,6 +132,16 @@ class UnitGraph(NamedTuple):
                 out(sq, "sqsum")
             else:
                 out(g.conv_wgrad(image=a, loss=t["dy"], **conv), "w")
+        elif self.pattern == "dgrad_dbn":
+            dz = virtual(g.conv_dgrad(loss=t["dy"], filter=t["w"], **conv), *chw)
+            pre = virtual(g.scale(input=t["x"], scale=t["scale"]), *chw)
+            pre = virtual(g.bias(input=pre, bias=t["bias"]), *chw)
+            grad = virtual(g.relu_backward(loss=dz, input=pre), *chw)
+            out(g.scale(input=grad, scale=t["in_scale"]), "dx")
+            add = dict(mode=cudnn.reduction_mode.ADD, compute_data_type=cudnn.data_type.FLOAT)
+            out(g.reduction(input=grad, **add), "sum")
+            centred = virtual(g.sub(a=t["x"], b=t["in_mean"]), *chw)
+            out(g.reduction(input=virtual(g.mul(a=grad, b=centred), *chw), **add), "xsum")
         else:
             dz = g.conv_dgrad(loss=t["dy"], filter=t["w"], **conv)
             if self.prologue:

@@ -7,5 +7,8 @@
   launch.py        host side: layout, allocation, block sizes, grids;
   conv_kernels.py  the implicit-GEMM convolution kernel;
   bn_kernels.py    BN apply / backward, statistics partials and their Chan merge;
-  tuning.py        per-shape choice between the Triton GEMM and aten (cuDNN), cached on disk.
+  tuning.py        per-shape choice between the Triton GEMM and aten (cuDNN), cached on disk;
+  closed_backward.py  conv_bn_stats_backward closed in Triton (the "triton-closed" engine the dispatch table
+                   or resnet_fast.use_engine chooses), over wgrad_kernels.py / dgrad_kernels.py: wgrad with
+                   the chain rule and the BN+ReLU prologue on load, dgrad with dReLU and the dBN sums fused.
 """

@@ -10,6 +10,9 @@ Overrides, where the Triton GEMM fuses more than the composite: conv_bn_stats (t
 applied as the operand is loaded, zero padding after it; statistics partials in the epilogue, merged
 with Chan's formula) and conv_bias_act (bias + residual + ReLU epilogue). Per shape, tuning.py picks
 the GEMM or aten + the composite, whichever measured faster (and agrees with aten).
+conv_bn_stats_gemm is the dispatch table's "triton-gemm" engine (the registry's TRITON_ENGINES), the GEMM
+without the aten alternative; the table's other engines live in closed_backward.py, the cuDNN engine and
+the composites.
 """
 
 import functools
@@ -84,6 +87,19 @@ def conv_bn_stats(P, x, in_mean, in_scale, in_bias, in_relu, weight, stride, pad
     choice = _choose("stats", xs, weight, stride, padding, dilation, groups,
                      f"pro{prologue is not None}{in_mean is not None}{bool(in_relu)}", run)
     y, mean, var = run(choice)
+    return y.contiguous(memory_format=memory_format_of(x)), mean, var
+
+
+@_on_tensor_device
+def conv_bn_stats_gemm(P, x, in_mean, in_scale, in_bias, in_relu, weight, stride, padding, dilation, groups):
+    """conv_bn_stats always on the implicit GEMM in its default block configuration (the dispatch table's
+    "triton-gemm" engine: what the GPU probe times and checks under that name)."""
+    xs = nhwc(x)
+    prologue = (in_mean, in_scale, in_bias, in_relu) if in_scale is not None else None
+    m = xs.shape[0] * launch.out_size(xs.shape[2], weight.shape[2], stride[0], padding[0], dilation[0]) \
+        * launch.out_size(xs.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
+    cfg = tuning.default_config(weight.shape[1], weight.shape[0] // groups, m)
+    y, mean, var = launch.conv2d(xs, weight, stride, padding, dilation, groups, cfg, prologue=prologue, stats=True)
     return y.contiguous(memory_format=memory_format_of(x)), mean, var
 
 

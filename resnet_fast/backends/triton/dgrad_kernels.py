@@ -1,5 +1,5 @@
 """Input gradient of a conv -> BN -> ReLU unit in one Triton kernel (the bfloat16 backward closed in Triton;
-not wired into the backend yet): the BN statistics' chain rule applied to the incoming gradient on load,
+closed_backward.py, the "triton-closed" engine): the BN statistics' chain rule applied to the incoming gradient on load,
 the previous BN + ReLU's backward and its dBN sums in the epilogue:
 
     dZ[m, ci] = sum_{r, s, co} dY[n, p, q, co] * W[co, ci, r, s],   m = (n, ih, iw) an input pixel,

@@ -1,5 +1,5 @@
 """Weight gradient of a conv -> BN -> ReLU unit in one Triton kernel, with both of its inputs formed on load
-(the bfloat16 backward closed in Triton; not wired into the backend yet):
+(the bfloat16 backward closed in Triton; closed_backward.py, the "triton-closed" engine):
 
     dW[co, ci, r, s] = sum_m dY[m, co] * A[m, (r, s, ci)]          m = (n, p, q) an output pixel
     dY[m, co] = grad_y[m, co] + a[co]*(y[m, co] - mean[co]) + c[co]  (CHAIN: the BN statistics' chain rule,
@@ -122,7 +122,8 @@ def wgrad(x: Tensor, grad_y: Tensor, weight_shape: Sequence[int], stride: Sequen
         c if c is not None else dummy, in_mean if in_mean is not None else dummy,
         in_scale if in_scale is not None else dummy, in_bias if in_bias is not None else dummy, parts,
         h, w, cin, p, q, cout, m, rows, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-        parts.stride(0), parts.stride(1), parts.stride(4), parts.stride(2), parts.stride(3), S=s, CHAIN=chain is not None, PROLOGUE=prologue is not None, PRO_MEAN=in_mean is not None,
+        parts.stride(0), parts.stride(1), parts.stride(4), parts.stride(2), parts.stride(3), S=s,
+        CHAIN=chain is not None, PROLOGUE=prologue is not None, PRO_MEAN=in_mean is not None,
         PRO_RELU=bool(relu), PRECISION=precision, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_C=block_c,
         num_warps=num_warps)
     # fixed-order sum of the splits; (COUT, R, S, CIN) viewed as (COUT, CIN, R, S) is the channels_last weight
