@@ -20,7 +20,8 @@ Writes to DIR:
   probe.md         the tables
 Engines: the Triton backend's per op (resnet_fast.backends.TRITON_ENGINES), each that can serve the dtype:
 forward triton-gemm (the implicit GEMM, default blocks), aten+triton (aten conv + Triton statistics),
-cudnn-fused (float16); backward aten+triton (the composite), triton-closed (closed_backward.py), cudnn-fused.
+cudnn-fused (float16); backward aten+triton (the composite), triton-closed (closed_backward.py), cudnn-fused,
+closed-wgrad+cudnn-dgrad (Triton wgrad + cuDNN dgrad-dReLU-dBN graph; float16 and bfloat16).
 Stages stop when the budget is spent (what was skipped is written down, never silently dropped).
 """
 

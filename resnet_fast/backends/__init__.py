@@ -76,7 +76,10 @@ TRITON_ENGINES = {
         "aten+triton": Engine("resnet_fast.composites:conv_bn_stats_backward", (F32, F16, BF16, F64)),
         "triton-closed": Engine(f"{_TRITON}.closed_backward:conv_bn_stats_backward", (F32, F16, BF16)),
         "cudnn-fused": Engine("resnet_fast.backends.cudnn.engine:conv_bn_stats_backward", (F16,), ("cuda",),
-                              _CUDNN_OK)},
+                              _CUDNN_OK),
+        # Triton wgrad (prologue on load) + cuDNN dgrad -> dReLU -> dx, dBN sums: the bfloat16 plan
+        "closed-wgrad+cudnn-dgrad": Engine("resnet_fast.backends.cudnn.closed_wgrad:conv_bn_stats_backward",
+                                           (F16, BF16), ("cuda",), _CUDNN_OK)},
 }
 
 

@@ -20,7 +20,8 @@ def test_dry_run_writes_the_tables(tmp_path):
     rows = json.loads((tmp_path / "units.json").read_text())
     assert {(r["direction"], r["engine"]) for r in rows} == {
         ("fwd", "triton-gemm"), ("fwd", "aten+triton"), ("fwd", "cudnn-fused"),
-        ("bwd", "aten+triton"), ("bwd", "triton-closed"), ("bwd", "cudnn-fused")}
+        ("bwd", "aten+triton"), ("bwd", "triton-closed"), ("bwd", "cudnn-fused"),
+        ("bwd", "closed-wgrad+cudnn-dgrad")}
     assert all(r.get("agrees") is True for r in rows), rows  # every engine matches aten on this unit
     from resnet_fast.backends import tables
 

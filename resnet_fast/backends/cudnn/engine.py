@@ -165,9 +165,7 @@ def conv_bn_stats_backward(P, grad_y, grad_mean, grad_var, x, in_mean, in_scale,
         return FALLBACK["conv_bn_stats_backward"](P, grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias,
                                                   in_relu, weight, y, mean, stride, padding, dilation, groups,
                                                   output_mask)
-    count = y.numel() // y.shape[1]
-    dy = P.bn_act(_nhwc(y), mean, grad_var * (2.0 / count), grad_mean / count, _nhwc(grad_y), None, None,
-                       None, False)
+    dy = chain_rule(P, grad_y, grad_var, grad_mean, y, mean)
     xs = _nhwc(x)
     vectors = _vectors(x, in_mean, in_scale, in_bias) if prologue else {}
     empty = x.new_empty(0)
@@ -178,20 +176,36 @@ def conv_bn_stats_backward(P, grad_y, grad_mean, grad_var, x, in_mean, in_scale,
         dw = dw.contiguous(memory_format=memory_format_of(weight))
     if not need_z:
         return [empty, empty, empty, empty, dw]
+    return data_gradient(units[-1], dy, x, in_mean, in_scale, vectors, weight, output_mask) + [dw]
+
+
+def chain_rule(P, grad_y, grad_var, grad_mean, y, mean) -> Tensor:
+    """dy = grad_y + (y - mean)*2*grad_var/M + grad_mean/M, NHWC in y's dtype: one pass of P.bn_act."""
+    count = y.numel() // y.shape[1]
+    return P.bn_act(_nhwc(y), mean, grad_var * (2.0 / count), grad_mean / count, _nhwc(grad_y), None, None, None,
+                    False)
+
+
+def data_gradient(unit: UnitGraph, dy: Tensor, x: Tensor, in_mean, in_scale, vectors: Dict[str, Tensor], weight: Tensor,
+                  output_mask: Sequence[bool]) -> List[Tensor]:
+    """[dx, d in_mean, d in_scale, d in_bias] from the dgrad graph `unit` ("dgrad", or "dgrad_dbn" with the
+    prologue); vectors = _vectors(...) of the prologue ({} without)."""
+    need_x, need_mean, need_scale, need_bias, _ = output_mask
+    empty = x.new_empty(0)
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=CL)
-    if not prologue:
-        executor()(units[-1], {"dy": dy, "w": _nhwc(weight), "dx": dx})
-        return [dx.contiguous(memory_format=memory_format_of(x)), empty, empty, empty, dw]
+    if not unit.prologue:
+        executor()(unit, {"dy": dy, "w": _nhwc(weight), "dx": dx})
+        return [dx.contiguous(memory_format=memory_format_of(x)), empty, empty, empty]
     # g = dL/d(pre-activation), in the graph only: dx = g*in_scale, d in_bias = sum g,
     # d in_scale = sum g*(x - in_mean), d in_mean = -in_scale*sum g (dx is written even when only sums are needed)
     c, sdt = x.shape[1], stat_dtype(x.dtype)
     # zeroed: whether cuDNN's fused reduction writes or accumulates (split-K style) is unverified on a GPU
     sums = torch.zeros((2, 1, c, 1, 1), dtype=sdt, device=x.device)
     centre = in_mean if in_mean is not None else in_scale.new_zeros(c)
-    executor()(units[-1], {"dy": dy, "w": _nhwc(weight), "x": xs, **vectors, "dx": dx, "sum": sums[0],
-                           "xsum": sums[1], "in_scale": in_scale.to(sdt).reshape(1, c, 1, 1),
-                           "in_mean": centre.to(sdt).reshape(1, c, 1, 1)})
+    executor()(unit, {"dy": dy, "w": _nhwc(weight), "x": _nhwc(x), **vectors, "dx": dx, "sum": sums[0],
+                      "xsum": sums[1], "in_scale": in_scale.to(sdt).reshape(1, c, 1, 1),
+                      "in_mean": centre.to(sdt).reshape(1, c, 1, 1)})
     total, xsum = sums[0].view(c), sums[1].view(c)
     return [dx.contiguous(memory_format=memory_format_of(x)) if need_x else empty,
             -in_scale * total if need_mean and in_mean is not None else empty,
-            xsum if need_scale else empty, total if need_bias else empty, dw]
+            xsum if need_scale else empty, total if need_bias else empty]

@@ -38,6 +38,7 @@ class CudnnExecutor:
     wiring (stream, workspace, cache) is testable without a GPU."""
 
     dtypes = (torch.float16,)  # the fused fprop / wgrad patterns have no bfloat16 engines (deviceless check)
+    dgrad_dtypes = (torch.float16, torch.bfloat16)  # dgrad and dgrad_dbn: both (deviceless check, sm_90)
 
     def __init__(self, build: Optional[Callable] = None, handle_for: Optional[Callable] = None,
                  stream_of: Optional[Callable] = None, set_stream: Optional[Callable] = None):
@@ -113,7 +114,7 @@ def _build_plan(unit: UnitGraph, handle):
 class TorchExecutor:
     """The graph's math in torch (float64 inside), writing the bound outputs in place."""
 
-    dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    dtypes = dgrad_dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
     def __init__(self, supports: Optional[Callable] = None):
         self.supports = supports or (lambda unit: True)  # any graph by default: this is the math, not cuDNN
@@ -154,6 +155,7 @@ class Recording:
     """Logs `log(name, kind, reads, writes)` per execution (bound inputs are read, outputs written)."""
 
     dtypes = (torch.float16,)
+    dgrad_dtypes = (torch.float16, torch.bfloat16)
 
     def __init__(self, log: Callable, supports: Optional[Callable] = None):
         from .deviceless import expected_support

@@ -42,6 +42,27 @@ def gpu_blocks(cin: int, cout: int):
     return wg, dg
 
 
+def _blocks(x: Tensor, weight: Tensor):
+    # meta tensors: the sm_90 compile plan (scripts/sm90_compile.py), which records what a GPU would launch
+    return ({}, {}) if INTERPRET or x.device.type == "cpu" else gpu_blocks(x.shape[1], weight.shape[0])
+
+
+def closed_wgrad(x: Tensor, grad_y: Tensor, weight: Tensor, stride, padding, dilation, prologue=None,
+                 chain=None) -> Tensor:
+    """dW in weight's dtype and memory format: the wgrad kernel, the prologue (and dY, when chain is given) on
+    load. Also the wgrad of the cuDNN backend's closed-wgrad+cudnn-dgrad engine (which passes dY formed)."""
+    if x.device.type != "cuda":
+        return _wgrad(x, grad_y, weight, stride, padding, dilation, prologue, chain)
+    with torch.cuda.device(x.device):
+        return _wgrad(x, grad_y, weight, stride, padding, dilation, prologue, chain)
+
+
+def _wgrad(x, grad_y, weight, stride, padding, dilation, prologue, chain) -> Tensor:
+    dw = wgrad(x, grad_y, weight.shape, stride, padding, dilation, prologue=prologue, chain=chain,
+               **_blocks(x, weight)[0])
+    return dw.to(weight.dtype).contiguous(memory_format=memory_format_of(weight))
+
+
 def conv_bn_stats_backward(P, *args) -> List[Tensor]:
     x = args[3]
     if x.device.type != "cuda":
@@ -61,12 +82,8 @@ def _closed(P, grad_y, grad_mean, grad_var, x, in_mean, in_scale, in_bias, in_re
     chain = (y, mean, grad_var * (2.0 / count), grad_mean / count)
     prologue = (in_mean, in_scale, in_bias, in_relu) if in_scale is not None else None
     empty = x.new_empty(0)
-    # meta tensors: the sm_90 compile plan (scripts/sm90_compile.py), which records what a GPU would launch
-    wg, dg = ({}, {}) if INTERPRET or x.device.type == "cpu" else gpu_blocks(x.shape[1], weight.shape[0])
-    dw = empty
-    if need_w:
-        dw = wgrad(x, grad_y, weight.shape, stride, padding, dilation, prologue=prologue, chain=chain, **wg)
-        dw = dw.to(weight.dtype).contiguous(memory_format=memory_format_of(weight))
+    dg = _blocks(x, weight)[1]
+    dw = closed_wgrad(x, grad_y, weight, stride, padding, dilation, prologue, chain) if need_w else empty
     if not (need_x or need_mean or need_scale or need_bias):
         return [empty, empty, empty, empty, dw]
     dx, total, xsum = dgrad(grad_y, weight, x, stride, padding, dilation, prologue=prologue, chain=chain, **dg)
