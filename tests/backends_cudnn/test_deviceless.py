@@ -5,7 +5,7 @@ process of its own. What cuDNN 9.24 answers (2026-12-01, sm_90):
             the previous BatchNorm's sums in the dgrad epilogue) graph, except the 3-channel stem's fprop (no
             engine: the engine sends it to the fallback);
   bfloat16  no fused fprop (with or without the prologue: genstats) and no SBR-wgrad; plain wgrad, dgrad and
-            dgrad_dbn yes. (A subset of resnet50's graphs is checked, to keep the test short.)
+            dgrad_dbn yes: for every resnet18 / resnet50 unit (the closed-wgrad+cudnn-dgrad engine's graphs).
 A later cuDNN that changes an answer fails here: update the README's table with it."""
 
 import json
@@ -52,13 +52,22 @@ def test_float16_graphs_are_supported(arch, float16_rows):
     assert any(r["graph"]["prologue"] for r in rows) and any(r["graph"]["stride"] == [2, 2] for r in rows)
 
 
-def test_bfloat16_support_is_as_documented(stub_dir):
-    rows = deviceless.check_in_subprocess(["resnet50"], 256, "bfloat16", stub_dir, limit=10)
-    assert len(rows) == 10
-    for r in rows:
-        g = r["graph"]
-        documented = g["pattern"] in ("dgrad", "dgrad_dbn") or (g["pattern"] == "wgrad" and not g["prologue"])
-        assert r["supported"] == documented == deviceless.expected_support(_unit(g)), json.dumps(r)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_data_gradient_graphs_are_supported_for_every_unit(dtype, stub_dir, float16_rows):
+    """The closed-wgrad+cudnn-dgrad engine's graphs (dgrad_dbn with the prologue, plain dgrad without) have an
+    engine for every resnet18 / resnet50 conv unit at batch 256 in both half dtypes: no Triton dBN pass needed."""
+    rows = float16_rows if dtype == "float16" else \
+        deviceless.check_in_subprocess(["resnet18", "resnet50"], 256, dtype, stub_dir)
+    dgrads = [r for r in rows if r["graph"]["pattern"] in ("dgrad", "dgrad_dbn")]
+    for arch in ("resnet18", "resnet50"):
+        units = [g for g in deviceless.resnet_unit_graphs(arch, 256, getattr(torch, dtype))
+                 if g.pattern in ("dgrad", "dgrad_dbn")]
+        assert len([r for r in dgrads if r["arch"] == arch]) == len(units) > 0
+    assert {r["graph"]["pattern"] for r in dgrads} == {"dgrad", "dgrad_dbn"}
+    assert all(r["supported"] and r["graph"]["dtype"] == dtype for r in dgrads), \
+        json.dumps([r for r in dgrads if not r["supported"]], indent=1)
+    for r in rows:  # bfloat16: no fused fprop, no SBR-wgrad; plain wgrad, dgrad, dgrad_dbn yes
+        assert r["supported"] == deviceless.expected_support(_unit(r["graph"])), json.dumps(r)
 
 
 def test_chain_rule_cannot_be_a_prologue_of_the_loss_operand(stub_dir):

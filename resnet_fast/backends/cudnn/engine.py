@@ -199,8 +199,9 @@ def data_gradient(unit: UnitGraph, dy: Tensor, x: Tensor, in_mean, in_scale, vec
     # g = dL/d(pre-activation), in the graph only: dx = g*in_scale, d in_bias = sum g,
     # d in_scale = sum g*(x - in_mean), d in_mean = -in_scale*sum g (dx is written even when only sums are needed)
     c, sdt = x.shape[1], stat_dtype(x.dtype)
-    # zeroed: whether cuDNN's fused reduction writes or accumulates (split-K style) is unverified on a GPU
-    sums = torch.zeros((2, 1, c, 1, 1), dtype=sdt, device=x.device)
+    # zeroed: whether cuDNN's fused reduction writes or accumulates (split-K style) is unverified on a GPU;
+    # two allocations: outputs of a custom op may not alias each other (torch.library raises)
+    sums = [torch.zeros((1, c, 1, 1), dtype=sdt, device=x.device) for _ in range(2)]
     centre = in_mean if in_mean is not None else in_scale.new_zeros(c)
     executor()(unit, {"dy": dy, "w": _nhwc(weight), "x": _nhwc(x), **vectors, "dx": dx, "sum": sums[0],
                       "xsum": sums[1], "in_scale": in_scale.to(sdt).reshape(1, c, 1, 1),
