@@ -133,6 +133,8 @@ def test_files_round_trip_and_name_their_device_and_versions(tmp_path):
     dev = {"name": "NVIDIA H200", "capability": "9.0"}
     entries = {tables.key(torch.float16, d, 64, 56, 56, 64, 3, 3, [1, 1], [1, 1], [1, 1], 1, True, True):
                _entry(e) for d, e in (("fwd", "cudnn-fused"), ("bwd", "triton-closed"))}
+    entries[tables.key(torch.bfloat16, "bwd", 64, 56, 56, 64, 3, 3, [1, 1], [1, 1], [1, 1], 1, True, True)] = \
+        _entry("closed-wgrad+cudnn-dgrad")  # an engine of the registry's TRITON_ENGINES: a name tables accept
     path = tmp_path / f"{tables.slug(dev)}.json"
     assert path.name == "nvidia-h200-sm90.json"
     tables.save(str(path), tables.document(dev, entries, "test"))
