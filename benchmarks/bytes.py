@@ -19,7 +19,10 @@ Engines (each counted from its own code path, see bytes_record.py):
                  wgrad and dgrad with the chain rule on load, the BN+ReLU prologue, dReLU and the dBN sums
                  fused; the forward as triton-gemm;
   cudnn+closed   float16: what the dispatch table can combine per unit: the cuDNN fused forward, the
-                 triton-closed backward.
+                 triton-closed backward;
+  closed-wgrad+cudnn-dgrad  the backward engine of that name forced (resnet_fast/backends/cudnn/closed_wgrad.py):
+                 the chain-rule pass, Triton wgrad with the BN+ReLU prologue on load, the cuDNN dgrad-dReLU-dBN
+                 graph (bfloat16 too); the forward as triton-gemm.
 Figures are lower bounds per launch (each operand read or written once). Running-statistics and
 per-channel vector ops are counted (they are tiny); the optimizer step is not (the same for all).
 """
@@ -92,6 +95,8 @@ def engines(dtype: torch.dtype) -> Dict[str, tuple]:
     if dtype == torch.float16:
         out["cudnn+closed"] = (resnet_fast, _table({"conv_bn_stats": cudnn["conv_bn_stats"]}),
                                {"RESNET_FAST_CONV": "aten"}, closed)
+    name = "closed-wgrad+cudnn-dgrad"
+    out[name] = (resnet_fast, _table({}), {"RESNET_FAST_CONV": "triton"}, {"conv_bn_stats_backward": name})
     return out
 
 

@@ -77,7 +77,7 @@ def tiny_results():
 
 def test_every_engine_runs_a_step_and_fused_engines_skip_eager_passes(tiny_results):
     assert {name for _, name in tiny_results} == {"eager", "triton-gemm", "aten+triton", "cudnn-fused",
-                                                  "triton-closed", "cudnn+closed"}
+                                                  "triton-closed", "cudnn+closed", "closed-wgrad+cudnn-dgrad"}
     for (dtype, name), launches in tiny_results.items():
         ops = {lc.name for lc in launches}
         s = bytes_accounting.summarize(launches)
@@ -92,6 +92,11 @@ def test_every_engine_runs_a_step_and_fused_engines_skip_eager_passes(tiny_resul
             assert "aten.convolution_backward" not in ops and {"_wgrad_kernel", "_dgrad_kernel"} <= ops
             assert not [lc for lc in launches if lc.op == "conv_bn_stats_backward" and lc.kind == "memory"
                         and lc.name.startswith("_bn_act")]
+        if name == "closed-wgrad+cudnn-dgrad":  # Triton wgrad, cuDNN dgrad graph, one chain-rule pass per unit
+            assert "aten.convolution_backward" not in ops and "_dgrad_kernel" not in ops
+            assert {"_wgrad_kernel", "cudnn.dgrad_dbn+sbr", "cudnn.dgrad"} <= ops
+            assert not [lc for lc in launches if lc.op == "conv_bn_stats_backward" and lc.kind == "memory"
+                        and lc.name == "_bn_act_bwd_kernel"]  # dReLU and the dBN sums are in the graph
         if name == "cudnn-fused":  # the stem's fprop has no cuDNN engine: Triton serves it
             stem_forward = [lc for lc in launches if lc.name == "aten.convolution"]
             assert len(stem_forward) == 1 and {"cudnn.fprop+sbr", "cudnn.wgrad+sbr", "cudnn.dgrad_dbn+sbr"} <= ops
