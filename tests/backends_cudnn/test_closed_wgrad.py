@@ -123,6 +123,7 @@ def test_graph_bindings_in_both_half_dtypes(dtype, prologue, monkeypatch):
     ((unit, tensors),) = rec.calls
     assert unit.pattern == ("dgrad_dbn" if prologue else "dgrad") and unit.dtype == dtype and unit.stride == (2, 2)
     check_bindings(unit, tensors)
+    assert unit.vectors == (torch.float32 if prologue else None)  # the mask as the float32 forward computed it
     assert tensors["dy"] is wgrads[0] and tensors["dy"].dtype == dtype and tensors["dx"].dtype == dtype
     assert [t.numel() > 0 for t in out] == [True, prologue, prologue, prologue, True]
 

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is need
 def _unit(fields):
     from resnet_fast.backends.cudnn.graphs import UnitGraph
 
-    f = dict(fields, dtype=getattr(torch, fields["dtype"]))
+    f = dict(fields, dtype=getattr(torch, fields["dtype"]),
+             vectors=getattr(torch, fields["vectors"]) if fields.get("vectors") else None)
     return UnitGraph(**{k: tuple(v) if isinstance(v, list) else v for k, v in f.items()})
 
 
@@ -64,6 +65,7 @@ def test_data_gradient_graphs_are_supported_for_every_unit(dtype, stub_dir, floa
                  if g.pattern in ("dgrad", "dgrad_dbn")]
         assert len([r for r in dgrads if r["arch"] == arch]) == len(units) > 0
     assert {r["graph"]["pattern"] for r in dgrads} == {"dgrad", "dgrad_dbn"}
+    assert {r["graph"]["vectors"] for r in dgrads if r["graph"]["pattern"] == "dgrad_dbn"} == {None, "float32"}
     assert all(r["supported"] and r["graph"]["dtype"] == dtype for r in dgrads), \
         json.dumps([r for r in dgrads if not r["supported"]], indent=1)
     for r in rows:  # bfloat16: no fused fprop, no SBR-wgrad; plain wgrad, dgrad, dgrad_dbn yes

@@ -116,7 +116,8 @@ def test_bindings_are_nhwc_with_the_graphs_dtypes():
 def test_cache_keys_tell_every_graph_apart():
     base = UnitGraph("fprop", 2, 4, 5, 5, 8, 3, 3, (1, 1), (1, 1), (1, 1), True, torch.float16)
     variants = [base._replace(**{f: v}) for f, v in (("pattern", "wgrad"), ("n", 3), ("stride", (2, 2)),
-                                                      ("prologue", False), ("dtype", torch.bfloat16), ("r", 1))]
+                                                      ("prologue", False), ("dtype", torch.bfloat16), ("r", 1),
+                                                      ("vectors", torch.float32))]
     assert len({g.key() for g in [base, *variants]}) == 1 + len(variants)
 
 

@@ -131,4 +131,25 @@ def test_cudnn_engine_builds_only_deviceless_checked_graphs():
     checked = set(deviceless.resnet_unit_graphs("resnet50", 256, torch.float16))
     assert built and built <= checked, sorted(g.key() for g in built - checked)
     # all but the stem's fprop (no cuDNN engine: the fallback serves it) and its dgrad (the image needs no grad)
-    assert {(g.pattern, g.c) for g in checked - built} == {("fprop", 3), ("dgrad", 3)}
+    assert {(g.pattern, g.c) for g in checked - built if g.vectors is None} == {("fprop", 3), ("dgrad", 3)}
+
+
+def test_closed_wgrad_engine_builds_only_deviceless_checked_graphs():
+    """The same for closed-wgrad+cudnn-dgrad in bfloat16: its dgrad graphs (float32 scale / bias in dgrad_dbn)
+    are all among those test_deviceless.py check_supports."""
+    import resnet_fast
+
+    name = "closed-wgrad+cudnn-dgrad"
+    rec = bytes_record.Recorder(bytes_accounting._table({}))
+    recording = Recording(rec.log)
+    with torch.device("meta"):
+        model = resnet_fast.resnet50().to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+        x = torch.empty(256, 3, 224, 224, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with bytes_record.recording_triton(rec, *bytes_accounting._kernel_modules()), engine.use_executor(recording), \
+            resnet_fast.use_engine("conv_bn_stats_backward", name), rec:
+        model(x).sum().backward()
+    built = {unit for unit, _ in recording.calls}
+    checked = set(deviceless.resnet_unit_graphs("resnet50", 256, torch.bfloat16))
+    assert built and built <= checked, sorted(g.key() for g in built - checked)
+    assert {g.pattern for g in built} == {"dgrad", "dgrad_dbn"}
+    assert all(g.vectors == torch.float32 for g in built if g.pattern == "dgrad_dbn")

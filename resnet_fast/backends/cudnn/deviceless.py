@@ -97,8 +97,11 @@ def resnet_unit_graphs(arch: str, batch: int, dtype: torch.dtype, image: int = 2
                 continue  # the engine's dgrad: with the prologue dgrad_dbn (dReLU + dBN sums fused), else plain
             g = UnitGraph(pattern, n, c, h, w, conv.out_channels, *conv.kernel_size, tuple(conv.stride),
                           tuple(conv.padding), tuple(conv.dilation), prologue, dtype)
-            if g not in graphs:
-                graphs.append(g)
+            # dgrad_dbn: vectors in the io dtype (cudnn-fused, as its forward rounds them) and in float32
+            # (closed-wgrad+cudnn-dgrad: the ReLU mask as the Triton forward computed it)
+            for v in (g, g._replace(vectors=torch.float32)) if pattern == "dgrad_dbn" else (g,):
+                if v not in graphs:
+                    graphs.append(v)
     return graphs
 
 

@@ -123,11 +123,11 @@ def supported(unit: UnitGraph, device: torch.device) -> bool:
     return _support[key]
 
 
-def _vectors(x: Tensor, in_mean, in_scale, in_bias) -> Dict[str, Tensor]:
-    """scale' and bias' (the BN shift folded in) as [1, C, 1, 1] in x's dtype."""
-    c = x.shape[1]
+def _vectors(x: Tensor, in_mean, in_scale, in_bias, dtype=None) -> Dict[str, Tensor]:
+    """scale' and bias' (the BN shift folded in) as [1, C, 1, 1] in `dtype` (default x's)."""
+    c, dtype = x.shape[1], dtype or x.dtype
     bias = in_bias - in_mean * in_scale if in_mean is not None else in_bias
-    return {"scale": in_scale.to(x.dtype).reshape(1, c, 1, 1), "bias": bias.to(x.dtype).reshape(1, c, 1, 1)}
+    return {"scale": in_scale.to(dtype).reshape(1, c, 1, 1), "bias": bias.to(dtype).reshape(1, c, 1, 1)}
 
 
 def _nhwc(t: Tensor) -> Tensor:

@@ -11,7 +11,8 @@ A `UnitGraph` is one of four patterns (what NVIDIA's MLPerf ResNet-50 runs on Ho
 The bracketed part is present when the unit's input carries the previous BatchNorm + ReLU (`prologue`);
 the BN shift is folded into the bias (bias' = bias - mean*scale), so scale and bias are per-channel
 [1, C, 1, 1] vectors in the activations' dtype (float32 vectors are refused by every fused fprop / wgrad
-engine: checked deviceless, cuDNN 9.24, sm_90); intermediates are float32. Activations are NHWC: dims
+engine: checked deviceless, cuDNN 9.24, sm_90; the dgrad_dbn graph takes float32 ones as well, for every
+resnet18 / resnet50 unit in both half dtypes: `vectors`); intermediates are float32. Activations are NHWC: dims
 are always given in NCHW order with channels-last strides, on intermediate (virtual) tensors too: cuDNN
 replaces a stride given without its dims by NCHW strides.
 
@@ -53,6 +54,7 @@ class UnitGraph(NamedTuple):
     dilation: Tuple[int, int]
     prologue: bool              # the previous BN + ReLU applied to x (fprop, wgrad) / its ReLU mask (dgrad)
     dtype: torch.dtype          # activations and weights (float16 or bfloat16)
+    vectors: Optional[torch.dtype] = None  # scale / bias dtype; None: dtype (float32: dgrad_dbn only, see above)
 
     @property
     def out_hw(self) -> Tuple[int, int]:
@@ -70,7 +72,7 @@ class UnitGraph(NamedTuple):
                                                      nhwc_strides(self.n, ch, hh, ww), self.dtype)
         weight = Binding("w", "in" if self.pattern != "wgrad" else "out", (self.k, self.c, self.r, self.s),
                          nhwc_strides(self.k, self.c, self.r, self.s), self.dtype)
-        vec = [Binding(n, "in", (1, self.c, 1, 1), (self.c, 1, self.c, self.c), self.dtype)
+        vec = [Binding(n, "in", (1, self.c, 1, 1), (self.c, 1, self.c, self.c), self.vectors or self.dtype)
                for n in ("scale", "bias")] if self.prologue else []
         if self.pattern == "fprop":
             sdt = torch.float64 if self.dtype == torch.float64 else torch.float32  # (float64: TorchExecutor only)
