@@ -7,9 +7,9 @@ error in the same dtype. The engine is declared for CUDA only: the CPU tests wid
 
 import pytest
 import torch
+from helpers import assert_close_to_ref
 
 import resnet_fast
-from helpers import assert_close_to_ref
 from resnet_fast import backends, ops
 from resnet_fast import reference as ref
 from resnet_fast.backends import tables
@@ -90,7 +90,8 @@ def test_forced_engine_matches_the_reference(dtype, shape, on_cpu, force_backend
 def test_table_entry_routes_to_the_engine(on_cpu, force_backend):
     force_backend("triton", "cpu")
     key = tables.key(torch.float32, "bwd", 5, 6, 6, 7, 3, 3, [1, 1], [1, 1], [1, 1], 1, True, True)
-    entry = {"engine": NAME, "n": 2, "ms": {NAME: 1.0, "aten+triton": 2.0}, "check": {"against": "test", "passed": True}}
+    entry = {"engine": NAME, "n": 2, "ms": {NAME: 1.0, "aten+triton": 2.0},
+             "check": {"against": "test", "passed": True}}
 
     def run(fn):
         with tables.installed("cpu", {key: entry}):
@@ -116,7 +117,8 @@ def test_graph_bindings_in_both_half_dtypes(dtype, prologue, monkeypatch):
     """cuDNN's executor dtypes for the dgrad graphs (float16 and bfloat16): the graph the engine binds, NHWC, in
     the activations' dtype; dY formed once (the chain-rule pass) and read by both the wgrad and the graph."""
     wgrads = []
-    monkeypatch.setattr(closed_wgrad, "closed_wgrad", lambda x, dy, w, *a, **k: wgrads.append(dy) or torch.zeros_like(w))
+    monkeypatch.setattr(closed_wgrad, "closed_wgrad",
+                        lambda x, dy, w, *a, **k: wgrads.append(dy) or torch.zeros_like(w))
     rec = Recording(lambda *a: None)
     with engine.use_executor(rec):
         out = closed_wgrad.conv_bn_stats_backward(engine.primitives("reference"), *_backward_args(dtype, prologue))

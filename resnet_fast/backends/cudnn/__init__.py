@@ -1,6 +1,8 @@
 """cuDNN fused-graph engine (float16): conv_bn_stats as one SBR-conv-genstats graph, its backward as an
 SBR-wgrad graph and a dgrad-dReLU graph, with the primitives' passes for the BN-statistics chain rule
-and the dBN sums. The functions are registry overrides (primitives first); REGISTRY_ENTRY is the backend
+and the dBN sums; closed_wgrad.py pairs the Triton wgrad kernel with the dgrad graph (float16 and bfloat16: the
+"closed-wgrad+cudnn-dgrad" engine of resnet_fast.backends.TRITON_ENGINES). The functions are registry
+overrides (primitives first); REGISTRY_ENTRY is the backend
 declaration (resnet_fast.backends.BACKENDS["cudnn"]) that serves them over the Triton primitives; it is
 only used when asked for (RESNET_FAST_BACKEND=cudnn or resnet_fast.use_backend("cudnn")).
 Needs the optional `cudnn` extra (nvidia-cudnn-frontend). Never run on a GPU: the graphs are checked
