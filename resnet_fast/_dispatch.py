@@ -21,8 +21,8 @@ takes the reference. resnet_fast.use_backend(name) forces one in a `with` block,
 
 Within a backend, conv_bn_stats and its backward may have alternative engines (the registry's `engines`;
 Triton: triton-gemm, aten+triton, cudnn-fused forward; aten+triton, triton-closed, cudnn-fused,
-closed-wgrad+cudnn-dgrad backward), chosen per call by the measured dispatch table (resnet_fast/backends/tables) or forced with
-resnet_fast.use_engine(op, name) / RESNET_FAST_ENGINE=op=name[,op=name]. Unverified on a GPU.
+closed-wgrad+cudnn-dgrad backward), chosen per call by the measured dispatch table (resnet_fast/backends/tables)
+or forced with resnet_fast.use_engine(op, name) / RESNET_FAST_ENGINE=op=name[,op=name]. Unverified on a GPU.
 """
 
 import contextlib
@@ -158,7 +158,8 @@ def use_engine(op: str, name: str) -> Iterator[None]:
     that declares it, for each call it can serve (its dtypes, devices, package); other calls keep the
     backend's default. This bypasses the dispatch table and its check against aten: the caller's choice.
     ValueError for an op without engines or an unknown engine name. The GPU engines (triton-closed,
-    closed-wgrad+cudnn-dgrad, cudnn-fused, triton-gemm through this switch) have been tested on CPU only, never run on a GPU."""
+    closed-wgrad+cudnn-dgrad, cudnn-fused, triton-gemm through this switch) have been tested on CPU only, never
+    run on a GPU."""
     with backends.tables.forced(op, name):
         yield
 
