@@ -45,9 +45,8 @@ TORCH_LIBRARY(resnet_fast_C, m) {
       "Tensor? res_mean, Tensor? res_scale, bool relu, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, "
       "Tensor)");
   // Training-mode BatchNorm (+ residual) (+ ReLU), float32 channels_last CPU only (csrc/cpu/bn_train_cpu.cpp):
-  // mean and biased var of x per channel (double sums); then out = act((x - mean)*weight/sqrt(var + eps) + bias
-  // [+ residual]) over those statistics.
-  m.def("nhwc_batch_stats(Tensor x) -> (Tensor mean, Tensor var)");
+  // out = act((x - mean)*weight/sqrt(var + eps) + bias [+ residual]) over x's batch statistics mean, var
+  // (from nhwc_channel_stats).
   m.def(
       "nhwc_batch_norm_act(Tensor x, Tensor mean, Tensor var, Tensor? weight, Tensor? bias, Tensor? residual, "
       "float eps, bool relu) -> Tensor");

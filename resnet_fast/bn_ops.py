@@ -20,7 +20,8 @@ Backward (batch_norm_act_backward), with g = grad_out * (out > 0 when relu), M =
     d bias = Σg,  d weight = Σg·(x - mean) / sqrt(var + eps),  d residual = g,
     dx = s * (g - Σg/M - (x - mean) * Σg·(x - mean) / (M (var + eps))).
 All three dispatch like the others (resnet_fast/_dispatch.py); resnet_fast/composites.py writes them over
-the primitives, and a backend may override them (the native CPU kernels: one C++ call each).
+the primitives, and a backend may override them (native CPU: one C++ call each for batch_norm_act and its
+backward).
 """
 
 from typing import List, Optional, Tuple
@@ -31,7 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from . import _dispatch
 from .conventions import stat_dtype
-from .ops import _check_act, _check_like, _check_vec, _empty_act, _fake_grads, _grads, _require
+from .ops import _check_act, _check_like, _check_vec, _empty_act, _fake_grads, _grads, _require, plain_eager
 
 __all__ = ["batch_stats", "batch_norm_act", "batch_norm_act_backward"]
 
@@ -117,10 +118,6 @@ batch_norm_act.register_autograd(_backward, setup_context=_setup)
 # training step. In plain eager (real tensors, nothing tracing) the models call the backend's kernels
 # through this autograd.Function instead: the same kernels the ops dispatch to, the same checks, the
 # same numbers (tested bitwise). torch.compile, torch.export and torch.jit.trace see the ops.
-
-def plain_eager(x: Tensor) -> bool:
-    return type(x) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-
 
 class _BatchNormActEager(torch.autograd.Function):
     @staticmethod

@@ -123,7 +123,7 @@ def conv_bn(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, updates
         w, b = _cast(w, x.dtype), _cast(b, conventions.stat_dtype(x.dtype) if cast is not None else x.dtype)
         return Pending(ops.conv_bias_act_call(x, w, b, res, relu, stride, padding, dilation, groups))
     if _dispatch.training_style(a.y.device.type) == "materialized" and type(bn) is nn.BatchNorm2d:
-        return _conv_bn_materialized(a, conv, bn, relu, updates, residual, cast)
+        return _conv_bn_materialized(a, conv, bn, relu, updates, residual, cast, (stride, padding, dilation, groups))
     x = _cast(a.y, cast)
     y, mean, var = ops.conv_bn_stats(x, a.mean, a.scale, a.bias, a.relu, _cast(conv.weight, x.dtype), stride, padding,
                                      dilation, groups)
@@ -146,10 +146,10 @@ def conv_bn(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, updates
 
 
 def _conv_bn_materialized(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, updates: List[StatsUpdate],
-                          residual: Optional[Pending], cast: Optional[torch.dtype]) -> Pending:
+                          residual: Optional[Pending], cast: Optional[torch.dtype], conv_args) -> Pending:
     """Batch statistics where the conv cannot take a prologue: aten's convolution, then BatchNorm (+ residual)
     (+ ReLU) written once by batch_norm_act (a plain nn.BatchNorm2d; SyncBatchNorm takes the pending path)."""
-    stride, padding, dilation, groups = _conv_args(conv)
+    stride, padding, dilation, groups = conv_args
     x = _cast(materialize(a), cast)
     y = F.conv2d(x, _cast(conv.weight, x.dtype), None, stride, padding, dilation, groups)
     res = _cast(materialize(residual), y.dtype) if residual is not None else None
@@ -179,8 +179,7 @@ def apply_updates(updates: List[StatsUpdate]) -> None:
     """The running-statistics updates, in order. In plain eager (real tensors, nothing tracing) those with a
     momentum go through bn_math.update_running_stats_many at once (the same arithmetic, batched: a model's 53
     update ops cost ~1% of a CPU training step); under torch.compile / tracing each is the op."""
-    plain = not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-    batch = [u for u in updates if plain and u.bn.momentum is not None and type(u.mean) is Tensor
+    batch = [u for u in updates if u.bn.momentum is not None and ops.plain_eager(u.mean)
              and type(u.bn.running_mean) is Tensor] if len(updates) > 1 else []
     if batch:
         bn_math.update_running_stats_many(

@@ -322,14 +322,19 @@ def conv_bias_act(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: O
                                                     groups)
 
 
+def plain_eager(x: Tensor) -> bool:
+    """Real tensors and nothing tracing (not compiling, exporting or jit-tracing): where the models may call a
+    backend's kernel without the torch.library layer (docs/ARCHITECTURE.md, "Plain eager skips the op layer")."""
+    return type(x) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+
+
 def conv_bias_act_call(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optional[Tensor], relu: bool,
                        stride: List[int], padding: List[int], dilation: List[int], groups: int) -> Tensor:
     """conv_bias_act(...) as the models call it: where nothing needs a gradient in plain eager (real tensors,
     nothing tracing), the backend's kernel itself, with the op's checks (the same kernel, the same numbers;
     the op layer costs ~50-100 us per call, ~5% of a batch-1 resnet50 CPU inference); else the op."""
-    if (type(x) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                      for t in (x, weight, bias, residual)))):
+    if plain_eager(x) and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                               for t in (x, weight, bias, residual))):
         _check_cba(x, weight, bias, residual, stride, padding, dilation, groups)
         with _no_autocast(x):
             return _dispatch.kernel("conv_bias_act", x)(x, weight, bias, residual, relu, stride, padding, dilation,

@@ -1,8 +1,7 @@
-// Training-mode BatchNorm (+ residual) (+ ReLU) for float32 channels_last CPU activations, each pass
-// one call (schemas in csrc/ops.cpp, the op contract in resnet_fast/bn_ops.py):
+// Training-mode BatchNorm (+ residual) (+ ReLU) for float32 channels_last CPU activations, each direction
+// one call (schemas in csrc/ops.cpp, the op contract in resnet_fast/bn_ops.py); the batch statistics come
+// from nhwc_channel_stats (csrc/cpu/nhwc_float_cpu.cpp), the batch_stats composite's primitive:
 //
-//   nhwc_batch_stats(x) -> (mean, var)
-//       per-channel sums of x - pilot (each channel's first value): no cancellation when |mean| >> std.
 //   nhwc_batch_norm_act(x, mean, var, weight, bias, residual, eps, relu) -> out
 //       out = act((x - mean)*s + bias [+ residual]), s = weight/sqrt(var + eps).
 //   nhwc_batch_norm_act_backward(grad_out, out, x, weight, mean, var, eps, relu, mask) -> (dx, dw, db, dres)
@@ -19,6 +18,7 @@
 #include <torch/library.h>
 
 #include "../bn_act_checks.h"
+#include "cpu_dispatch.h"
 
 #include <cmath>
 #include <cstdint>
@@ -27,8 +27,7 @@
 namespace resnet_fast {
 namespace bn_train {
 
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
-#define RESNET_FAST_BN_TRAIN_AVX2 1
+#ifdef RESNET_FAST_HAVE_AVX2_COPY
 namespace avx2 {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -45,22 +44,12 @@ namespace base {
 }  // namespace base
 #pragma GCC diagnostic pop
 
-bool use_avx2() {
-#ifdef RESNET_FAST_BN_TRAIN_AVX2
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
-
-#ifdef RESNET_FAST_BN_TRAIN_AVX2
-#define RESNET_FAST_ISA_CALL(fn, ...) (use_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
+#ifdef RESNET_FAST_HAVE_AVX2_COPY
+#define RESNET_FAST_ISA_CALL(fn, ...) (cpu_has_avx2_fma() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
 #else
 #define RESNET_FAST_ISA_CALL(fn, ...) base::fn(__VA_ARGS__)
 #endif
 
-int64_t grain(int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, C)); }
 int64_t padded(int64_t C) { return (C + 7) / 8 * 8; }
 
 Layout check_activation(const at::Tensor& t, const char* name, const char* op) {
@@ -91,7 +80,7 @@ template <typename RowFn>
 std::vector<double> channel_sums(int64_t rows, int64_t C, RowFn&& row_fn) {
   const int threads = at::get_num_threads();
   std::vector<double> acc(static_cast<size_t>(threads) * 2 * C, 0.0);
-  at::parallel_for(0, rows, grain(C), [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, rows, rows_per_task(C), [&](int64_t r0, int64_t r1) {
     std::vector<float> tmp(2 * padded(C));
     row_fn(r0, r1, &acc[static_cast<size_t>(at::get_thread_num()) * 2 * C], tmp.data());
   });
@@ -99,27 +88,6 @@ std::vector<double> channel_sums(int64_t rows, int64_t C, RowFn&& row_fn) {
   for (int t = 0; t < threads; ++t)
     for (int64_t i = 0; i < 2 * C; ++i) total[i] += acc[static_cast<size_t>(t) * 2 * C + i];
   return total;
-}
-
-std::tuple<at::Tensor, at::Tensor> stats(const at::Tensor& x) {
-  const char* op = "nhwc_batch_stats";
-  const Layout l = check_activation(x, "x", op);
-  const int64_t C = l.C, rows = l.N * l.HW;
-  TORCH_CHECK(rows > 1, op, ": expected more than 1 value per channel, got input size ", x.sizes());
-  const float* xp = x.const_data_ptr<float>();
-  const std::vector<float> pilot(xp, xp + C);
-  const int64_t Cp = padded(C);
-  const std::vector<double> sums = channel_sums(rows, C, [&](int64_t r0, int64_t r1, double* acc, float* tmp) {
-    RESNET_FAST_ISA_CALL(stats_rows, xp, r0, r1, C, Cp, pilot.data(), acc, tmp);
-  });
-  at::Tensor mean = at::empty({C}, x.options()), var = at::empty({C}, x.options());
-  float *mp = mean.mutable_data_ptr<float>(), *vp = var.mutable_data_ptr<float>();
-  for (int64_t c = 0; c < C; ++c) {
-    const double mu = sums[c] / rows;
-    mp[c] = static_cast<float>(pilot[c] + mu);
-    vp[c] = static_cast<float>(std::max(0.0, sums[C + c] / rows - mu * mu));
-  }
-  return {mean, var};
 }
 
 at::Tensor forward(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
@@ -138,7 +106,7 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& mean, const at::Tensor
   const float* xp = x.const_data_ptr<float>();
   const float* rp = residual ? residual->const_data_ptr<float>() : nullptr;
   float* op_ = out.mutable_data_ptr<float>();
-  at::parallel_for(0, rows, grain(C), [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, rows, rows_per_task(C), [&](int64_t r0, int64_t r1) {
     RESNET_FAST_ISA_CALL(apply_rows, xp, rp, op_, m.data(), s.data(), b.data(), C, relu, r0, r1);
   });
   return out;
@@ -177,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   if (mask[0] || mask[3]) {
     float* dxp = mask[0] ? dx.mutable_data_ptr<float>() : nullptr;
     float* drp = mask[3] ? dres.mutable_data_ptr<float>() : nullptr;
-    at::parallel_for(0, rows, grain(C), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, rows, rows_per_task(C), [&](int64_t r0, int64_t r1) {
       RESNET_FAST_ISA_CALL(grad_apply_rows, gp, outp, xp, dxp, drp, m.data(), s.data(), k.data(), c0.data(), C, relu,
                            r0, r1);
     });
@@ -188,7 +156,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
 }  // namespace bn_train
 
 TORCH_LIBRARY_IMPL(resnet_fast_C, CPU, m) {
-  m.impl("nhwc_batch_stats", &bn_train::stats);
   m.impl("nhwc_batch_norm_act", &bn_train::forward);
   m.impl("nhwc_batch_norm_act_backward", &bn_train::backward);
 }

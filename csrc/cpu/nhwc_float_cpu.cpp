@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include "../bn_act_checks.h"
+#include "cpu_dispatch.h"
 
 #include <cstdint>
 #include <vector>
@@ -46,8 +47,7 @@ struct BackwardArgs {
 #define RESNET_FAST_IVDEP
 #endif
 
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
-#define RESNET_FAST_HAVE_AVX2_COPY 1
+#ifdef RESNET_FAST_HAVE_AVX2_COPY
 namespace avx2 {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -60,32 +60,23 @@ namespace base {
 #include "nhwc_float_kernels.inc"
 }  // namespace base
 
-bool use_avx2() {
-#ifdef RESNET_FAST_HAVE_AVX2_COPY
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
-
 void stats_rows(const float* y, int64_t r0, int64_t r1, int64_t C, const float* pilot, double* acc, float* tmp) {
 #ifdef RESNET_FAST_HAVE_AVX2_COPY
-  if (use_avx2()) return avx2::stats_rows(y, r0, r1, C, pilot, acc, tmp);
+  if (cpu_has_avx2_fma()) return avx2::stats_rows(y, r0, r1, C, pilot, acc, tmp);
 #endif
   base::stats_rows(y, r0, r1, C, pilot, acc, tmp);
 }
 
 void apply(const ApplyArgs& p, int64_t r0, int64_t r1) {
 #ifdef RESNET_FAST_HAVE_AVX2_COPY
-  if (use_avx2()) return avx2::apply(p, r0, r1);
+  if (cpu_has_avx2_fma()) return avx2::apply(p, r0, r1);
 #endif
   base::apply(p, r0, r1);
 }
 
 void backward(const BackwardArgs& p, int64_t r0, int64_t r1, double* acc, float* tmp) {
 #ifdef RESNET_FAST_HAVE_AVX2_COPY
-  if (use_avx2()) return avx2::backward(p, r0, r1, acc, tmp);
+  if (cpu_has_avx2_fma()) return avx2::backward(p, r0, r1, acc, tmp);
 #endif
   base::backward(p, r0, r1, acc, tmp);
 }
@@ -104,8 +95,6 @@ std::vector<float> vec_or(const std::optional<at::Tensor>& t, int64_t C, float f
   return std::vector<float>(p, p + C);
 }
 
-// Rows per parallel task: about 16k elements.
-int64_t grain(int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, C)); }
 
 std::tuple<at::Tensor, at::Tensor> channel_stats(const at::Tensor& y) {
   const Layout l = check_nhwc_float(y, "nhwc_channel_stats");
@@ -116,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor> channel_stats(const at::Tensor& y) {
   const std::vector<float> pilot(yp, yp + C);
   const int threads = at::get_num_threads();
   std::vector<double> acc(threads * 2 * C, 0.0);
-  at::parallel_for(0, rows, grain(C), [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, rows, rows_per_task(C), [&](int64_t r0, int64_t r1) {
     std::vector<float> tmp(2 * C);
     stats_rows(yp, r0, r1, C, pilot.data(), &acc[at::get_thread_num() * 2 * C], tmp.data());
   });
@@ -147,7 +136,7 @@ at::Tensor bn_act(const at::Tensor& x, const std::optional<at::Tensor>& mean, co
   const ApplyArgs p{x.const_data_ptr<float>(), residual ? residual->const_data_ptr<float>() : nullptr,
                     out.mutable_data_ptr<float>(), m.data(), a.data(), b.data(), rm.data(), ra.data(), rb.data(),
                     C, relu};
-  at::parallel_for(0, l.N * l.HW, grain(C), [&](int64_t r0, int64_t r1) { apply(p, r0, r1); });
+  at::parallel_for(0, l.N * l.HW, rows_per_task(C), [&](int64_t r0, int64_t r1) { apply(p, r0, r1); });
   return out;
 }
 
@@ -173,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_act_ba
                        C, relu};
   const int threads = at::get_num_threads();
   std::vector<double> acc(reduce ? threads * 3 * C : 0, 0.0);
-  at::parallel_for(0, rows, grain(C), [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, rows, rows_per_task(C), [&](int64_t r0, int64_t r1) {
     std::vector<float> tmp(reduce ? 3 * C : 0);
     backward(p, r0, r1, reduce ? &acc[at::get_thread_num() * 3 * C] : nullptr, tmp.data());
   });

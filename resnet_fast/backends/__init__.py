@@ -46,7 +46,8 @@ OPS = ("conv_bn_stats", "conv_bn_stats_backward", "bn_act", "bn_act_backward", "
 #                   its operand as a prologue (a conv kernel that can, e.g. the Triton GEMM), recomputing it in
 #                   backward instead of storing it;
 #   "materialized"  aten's convolution, then batch_stats + batch_norm_act write BatchNorm (+ residual) + ReLU
-#                   once and keep it for backward (where the conv cannot take a prologue, writing it once is the least traffic).
+#                   once and keep it for backward (where the conv cannot take a prologue, writing it once is the
+#                   least traffic).
 TRAINING = ("pending", "materialized")
 # prepare_conv_weight(weight, input_shape, stride, padding, dilation, groups) -> the weight conv_bias_act
 # runs fastest with for inputs of that shape (oneDNN's blocked layout on CPU); identity by default.
@@ -101,7 +102,6 @@ BACKENDS: Dict[str, Backend] = {b.name: b for b in (
     Backend("native", devices=("cpu", "cuda"), layout="input", primitives="resnet_fast.backends.native",
             training="materialized",
             overrides={"conv_bias_act": "resnet_fast.backends.native:conv_bias_act",
-                       "batch_stats": "resnet_fast.backends.native:batch_stats",
                        "batch_norm_act": "resnet_fast.backends.native:batch_norm_act",
                        "batch_norm_act_backward": "resnet_fast.backends.native:batch_norm_act_backward"},
             hooks={"prepare_conv_weight": "resnet_fast.backends.native:prepare_conv_weight"}),

@@ -19,7 +19,7 @@ from .native_cpu import _nhwc_float
 from .native_cpu import primitives as _C  # torch.ops.resnet_fast_C, float32 NHWC CPU calls vectorized
 
 _LIB = torch.ops.resnet_fast_C
-_HAVE_BN_TRAIN = hasattr(_LIB, "nhwc_batch_stats")  # an older build of the extension lacks it
+_HAVE_BN_TRAIN = hasattr(_LIB, "nhwc_batch_norm_act")  # an older build of the extension lacks it
 
 _ONEDNN_POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
 _ONEDNN_REORDER = getattr(torch.ops.mkldnn, "_reorder_convolution_weight", None)
@@ -49,13 +49,6 @@ def _nhwc_float_vec(v) -> bool:
 def _bn_train_kernel(x: Tensor, weight, bias) -> bool:
     """The one-call C++ training BatchNorm serves float32 NHWC CPU activations with float32 affine vectors."""
     return _HAVE_BN_TRAIN and _nhwc_float(x) and _nhwc_float_vec(weight) and _nhwc_float_vec(bias)
-
-
-def batch_stats(P, x):
-    """Override: one C++ pass for float32 NHWC on CPU, else the composite."""
-    if not (_HAVE_BN_TRAIN and _nhwc_float(x)):
-        return composites.batch_stats(P, x)
-    return _LIB.nhwc_batch_stats(x)
 
 
 def batch_norm_act(P, x, mean, var, weight, bias, residual, eps, relu):

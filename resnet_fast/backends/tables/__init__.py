@@ -234,12 +234,8 @@ def reset() -> None:
 def installed(device_type: str, entries: Dict[str, dict]) -> Iterator[None]:
     """Within the block, `entries` (validated as a file would be) is the table of every device of that type."""
     good = parse({"format": FORMAT, "device": {}, "entries": entries}, "installed table", strict=True)
-    saved = _installed.get(device_type)
-    _installed[device_type] = good
-    try:
+    with _scoped(_installed, device_type, good):
         yield
-    finally:
-        _installed.pop(device_type) if saved is None else _installed.__setitem__(device_type, saved)
 
 
 def _env() -> Dict[str, str]:
@@ -265,12 +261,23 @@ def check_engine(op: str, name: str, what: str = "use_engine") -> None:
 @contextlib.contextmanager
 def forced(op: str, name: str) -> Iterator[None]:
     check_engine(op, name)
-    saved = _forced.get(op)
-    _forced[op] = name
+    with _scoped(_forced, op, name):
+        yield
+
+
+@contextlib.contextmanager
+def _scoped(mapping: dict, key, value) -> Iterator[None]:
+    """mapping[key] = value within the block; the previous value (or its absence) restored after."""
+    missing = object()
+    saved = mapping.get(key, missing)
+    mapping[key] = value
     try:
         yield
     finally:
-        _forced.pop(op) if saved is None else _forced.__setitem__(op, saved)
+        if saved is missing:
+            mapping.pop(key, None)
+        else:
+            mapping[key] = saved
 
 
 def choose(op: str, args: Sequence, usable: Callable[[str, torch.Tensor], bool]) -> Optional[str]:
