@@ -205,6 +205,11 @@ def prepare_conv_weight(weight: torch.Tensor, input_shape: Sequence[int], stride
     return hooks["prepare_conv_weight"](weight, input_shape, stride, padding, dilation, groups)
 
 
+def train_conv(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups: int) -> torch.Tensor:
+    """A "materialized" training unit's differentiable convolution on this backend (its train_conv hook)."""
+    return _table(backend_name(x.device.type))[1]["train_conv"](x, weight, stride, padding, dilation, groups)
+
+
 def backend_info() -> Dict[str, object]:
     """Which backend serves each op, per device type, and whether the native extension loaded."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

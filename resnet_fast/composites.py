@@ -10,6 +10,7 @@ are not requested are empty tensors (an op's outputs must not alias its inputs o
 from typing import List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import bn_math
@@ -172,3 +173,8 @@ def conv_bias_act_backward(P, grad_out, out, x, weight, bias, residual, relu, st
 def prepare_conv_weight(P, weight, input_shape, stride, padding, dilation, groups):
     """Default hook: conv_bias_act takes the folded weight as it is."""
     return weight
+
+
+def train_conv(P, x, weight, stride, padding, dilation, groups):
+    """Default hook: aten's differentiable convolution."""
+    return F.conv2d(x, weight, None, stride, padding, dilation, groups)

@@ -17,7 +17,6 @@ The fold cache is not part of a module's state: pickling, torch.save and deepcop
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _dispatch, bn_math, bn_ops, conventions, ops, sync_bn
@@ -151,7 +150,7 @@ def _conv_bn_materialized(a: Pending, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu:
     (+ ReLU) written once by batch_norm_act (a plain nn.BatchNorm2d; SyncBatchNorm takes the pending path)."""
     stride, padding, dilation, groups = conv_args
     x = _cast(materialize(a), cast)
-    y = F.conv2d(x, _cast(conv.weight, x.dtype), None, stride, padding, dilation, groups)
+    y = _dispatch.train_conv(x, _cast(conv.weight, x.dtype), stride, padding, dilation, groups)
     res = _cast(materialize(residual), y.dtype) if residual is not None else None
     count = y.numel() // y.shape[1]
     if not torch.jit.is_tracing() and count <= 1:

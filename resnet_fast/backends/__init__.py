@@ -51,7 +51,9 @@ OPS = ("conv_bn_stats", "conv_bn_stats_backward", "bn_act", "bn_act_backward", "
 TRAINING = ("pending", "materialized")
 # prepare_conv_weight(weight, input_shape, stride, padding, dilation, groups) -> the weight conv_bias_act
 # runs fastest with for inputs of that shape (oneDNN's blocked layout on CPU); identity by default.
-HOOKS = ("prepare_conv_weight",)
+# train_conv(x, weight, stride, padding, dilation, groups) -> the differentiable convolution of a "materialized"
+# training unit; aten's (F.conv2d) by default (native on CPU: small 1x1 convs as GEMMs, backends/native_gemm.py).
+HOOKS = ("prepare_conv_weight", "train_conv")
 LAYOUTS = {"input": memory_format_of, "channels_last": lambda x: torch.channels_last}
 
 
@@ -104,7 +106,8 @@ BACKENDS: Dict[str, Backend] = {b.name: b for b in (
             overrides={"conv_bias_act": "resnet_fast.backends.native:conv_bias_act",
                        "batch_norm_act": "resnet_fast.backends.native:batch_norm_act",
                        "batch_norm_act_backward": "resnet_fast.backends.native:batch_norm_act_backward"},
-            hooks={"prepare_conv_weight": "resnet_fast.backends.native:prepare_conv_weight"}),
+            hooks={"prepare_conv_weight": "resnet_fast.backends.native:prepare_conv_weight",
+                   "train_conv": "resnet_fast.backends.native:train_conv"}),
     Backend("triton", devices=("cuda", "cpu"), layout="channels_last",
             primitives="resnet_fast.backends.triton.backend",
             overrides={"conv_bn_stats": "resnet_fast.backends.triton.backend:conv_bn_stats",

@@ -15,6 +15,7 @@ from .. import composites
 from ..conventions import aten_conv as conv  # noqa: F401  (primitive)
 from ..conventions import conv_backward  # noqa: F401  (primitive)
 from ..conventions import memory_format_of
+from . import native_gemm
 from .native_cpu import _nhwc_float
 from .native_cpu import primitives as _C  # torch.ops.resnet_fast_C, float32 NHWC CPU calls vectorized
 
@@ -99,3 +100,8 @@ def prepare_conv_weight(P, weight, input_shape, stride, padding, dilation, group
         return weight
     return _ONEDNN_REORDER(weight.contiguous(), list(padding), list(stride), list(dilation), groups,
                            list(input_shape))
+
+
+def train_conv(P, x, weight, stride, padding, dilation, groups):
+    """Hook: a training unit's convolution; small 1x1 convs on CPU as GEMMs (native_gemm), else aten's."""
+    return native_gemm.conv2d(x, weight, stride, padding, dilation, groups)
