@@ -1,19 +1,23 @@
-"""Native backend, CPU: a 1x1 convolution over few output pixels as the GEMM it is.
+"""Native backend, CPU training: convolutions over few output pixels as the GEMMs they are.
 
 A 1x1 convolution of an NHWC (channels_last) x is, with M = N*Ho*Wo rows,
     forward  y2[M, Co] = x2[M, C] @ W2[Co, C]^T      (x2: x subsampled by the stride, viewed as M x C)
     dgrad    dx2[M, C] = g2[M, Co] @ W2               (scattered back to the stride's grid, zeros elsewhere)
     wgrad    dW2[Co, C] = g2^T @ x2
-and on the CPU BLAS (MKL / OpenBLAS through torch.mm) these run faster than oneDNN's convolution when M is
-small: measured on the 2-core development VM (AVX-512, torch 2.14.1, float32, 2026-12-01,
-benchmarks/results/cpu-gemm-conv-2026-12-01.md) 1.0-1.3x at M = 1600, 1.1-4.9x at M <= 400, while at
-M >= 6400 (ResNet-50's layer1 at batch 4 x 160², or every layer of large batches) oneDNN is as fast or faster.
-So the native backend's training units (the `train_conv` hook) and eval conv_bias_act take this path for
-1x1, groups 1, zero padding, float32/float64 NHWC CPU convolutions with M <= GEMM_MAX_ROWS, and aten's
-(oneDNN) convolution everywhere else. RESNET_FAST_CPU_GEMM_CONV=0 turns the path off.
-
-Only plain eager takes it: under torch.compile, torch.export or jit tracing the graphs keep aten's
-convolution (which Inductor lowers itself).
+and a k x k convolution's weight gradient is dW2[Co, R*S*C] = g2^T @ im2col(x) (columns ordered (r, s, c),
+i.e. the channels_last weight). On the CPU BLAS (torch.mm) these run faster than oneDNN's training
+convolution when M is small (oneDNN reorders the weight, which changes every step, on every call, and its
+weight gradient parallelizes poorly over few pixels): measured on the 2-core development VM (AVX-512, torch
+2.14.1, float32, 2026-12-01, benchmarks/results/cpu-train-gemm-conv-2026-12-01.md) 1x1: 0.9-2.1x per pass at
+M = 1600, 1.1-4.9x at M <= 400, while at M >= 6400 (ResNet-50's layer1 at batch 4 x 160²) oneDNN is as fast
+or faster; k x k: the im2col weight gradient 1.1-5x at M <= 400, its forward slower above M = 100.
+So a training unit's conv (the native backend's `train_conv` hook) is
+  * "gemm": 1x1, groups 1, unpadded, M <= GEMM_MAX_ROWS: forward, dgrad and wgrad as GEMMs;
+  * "wgrad": any other groups-1 conv with M <= WGRAD_MAX_ROWS: aten's forward and dgrad, the im2col wgrad;
+  * else aten's (oneDNN) convolution,
+for float32 / float64 NHWC CPU inputs. Eval keeps oneDNN (with a prepacked weight it is the faster one).
+RESNET_FAST_CPU_GEMM_CONV=0 turns the path off. Only plain eager takes it: under torch.compile, torch.export
+or jit tracing the graphs keep aten's convolution (which Inductor lowers itself).
 """
 
 import os
@@ -152,16 +156,3 @@ def conv2d(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[i
         return _ConvGemmWgrad.apply(x, weight, stride, padding, dilation)
     return F.conv2d(x, weight, None, stride, padding, dilation, groups)
 
-
-def conv_bias_act(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optional[Tensor], relu: bool,
-                  stride: Sequence[int]) -> Tensor:
-    """act(conv1x1(x) + bias [+ residual]) as one GEMM with bias plus in-place epilogues (no gradient);
-    the caller checked takes_gemm."""
-    n, _, h, w = x.shape
-    ho, wo = (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1
-    x2, w2 = _rows(x, stride), weight.reshape(weight.shape[0], x.shape[1])
-    y2 = torch.mm(x2, w2.t()) if bias is None else torch.addmm(bias, x2, w2.t())
-    y = _nhwc(y2, n, ho, wo)
-    if residual is not None:
-        y.add_(residual)
-    return y.relu_() if relu else y
