@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import resnet_fast
 from resnet_fast.backends import native_gemm
-from tests.helpers import assert_close_to_ref
+from helpers import assert_close_to_ref
 
 CL = torch.channels_last
 
