@@ -50,7 +50,9 @@ def plan(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int
     "wgrad" (aten's forward and dgrad, the weight gradient as an im2col GEMM), or None (aten's conv)."""
     if not (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and weight.dtype == x.dtype
             and x.dim() == 4 and weight.dim() == 4 and groups == 1 and weight.shape[1] == x.shape[1]
-            and x.is_contiguous(memory_format=torch.channels_last) and _enabled() and _plain_eager(x)):
+            and x.shape[1] > 0 and weight.shape[0] > 0 and type(weight) in (Tensor, torch.nn.Parameter)
+            and x.is_contiguous(memory_format=torch.channels_last) and _enabled() and _plain_eager(x)
+            and not torch.is_autocast_enabled("cpu")):  # (under autocast aten's conv casts; torch.mm would too)
         return None
     ho = _out_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
     wo = _out_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])

@@ -57,7 +57,36 @@ def test_matches_float64(case, need_x):
         assert_close_to_ref(name, f, e, r)
 
 
-@pytest.mark.parametrize("case", CASES[:4], ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("kernel, stride, padding, dilation", [
+    ((1, 1), (2, 1), (0, 0), (1, 1)),     # 1x1, stride 2 along H only
+    ((1, 3), (1, 2), (0, 1), (1, 1)),     # a non-square kernel
+    ((3, 3), (2, 1), (1, 2), (1, 2)),     # asymmetric stride, padding, dilation
+    ((1, 1), (3, 3), (1, 1), (1, 1)),     # a padded 1x1 at stride 3: the im2col weight gradient
+])
+@pytest.mark.parametrize("grad_layout", ["channels_last", "nchw"])
+@pytest.mark.parametrize("weight_layout", ["channels_last", "nchw"])
+def test_layouts_and_asymmetric_geometry(kernel, stride, padding, dilation, grad_layout, weight_layout):
+    """grad_y and the weight in either layout (grad_y NCHW: e.g. from a user's op after the conv), non-square
+    and asymmetric geometry; the weight gradient comes back in the weight's own layout, as aten's does."""
+    x = torch.randn(2, 7, 9, 8, dtype=torch.float64).contiguous(memory_format=CL)
+    w = torch.randn(5, 7, *kernel, dtype=torch.float64)
+    w = w.contiguous(memory_format=CL) if weight_layout == "channels_last" else w.contiguous()
+    args = (list(stride), list(padding), list(dilation), 1)
+    assert native_gemm.plan(x, w, *args) is not None
+    results = []
+    for conv in (native_gemm.conv2d, _aten):
+        xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = conv(xi, wi, *args)
+        g = torch.ones_like(y).cumsum(-1).sin()
+        g = g.contiguous(memory_format=CL) if grad_layout == "channels_last" else g.contiguous()
+        y.backward(g)
+        results.append((y.detach(), xi.grad, wi.grad))
+    for name, fast, ref in zip(("y", "dx", "dw"), *results):
+        torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10, msg=lambda m: f"{name}: {m}")
+    assert results[0][0].is_contiguous(memory_format=CL)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
 def test_gradcheck_float64(case):
     n, c, h, w_, co, k, stride, padding, dilation = case
     x = torch.randn(n, c, h, w_, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
@@ -82,6 +111,11 @@ def test_plan_takes_aten_elsewhere(monkeypatch):
     assert native_gemm.plan(big, w1, [2, 2], [0, 0], [1, 1], 1) == "gemm"         # M = 1024 after the stride
     assert native_gemm.plan(x, w3, [1, 1], [1, 1], [1, 1], 1) == "wgrad"
     assert native_gemm.plan(big, w3, [1, 1], [1, 1], [1, 1], 1) is None
+    assert native_gemm.plan(torch.randn(2, 0, 6, 6).contiguous(memory_format=CL), torch.randn(8, 0, 1, 1),
+                            *one, 1) is None                                      # no input channels
+    assert native_gemm.plan(x, torch.randn(0, 8, 1, 1), *one, 1) is None          # no output channels
+    with torch.autocast("cpu", dtype=torch.bfloat16):                             # aten's conv casts, mm would too
+        assert native_gemm.plan(x, w1, *one, 1) is None
     monkeypatch.setenv("RESNET_FAST_CPU_GEMM_CONV", "0")
     assert native_gemm.plan(x, w1, *one, 1) is None
 

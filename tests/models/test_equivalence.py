@@ -45,12 +45,16 @@ def compare_with_torchvision(arch, x, steps=2, num_classes=10, fast_input=None, 
     kwargs.setdefault("zero_init_residual", True)
     try:
         return _float32_steps(arch, x, fast_x, target, steps, num_classes, kwargs)
+    except _Firm as e:  # a forward-only mismatch (eval, or the first training forward): no ReLU flip explains it
+        raise AssertionError(str(e)) from None
     except AssertionError as e:
         first = str(e)  # (not the exception: its traceback would keep the first run's models alive)
         # A float32 value within rounding of a ReLU's decision takes the other side in one run and not in the
         # other, and (through BatchNorm's batch sums) moves every gradient upstream of it: a rare event
         # that lands on one input at random, while a real difference shows on every input. So a failure
-        # counts unless the comparison passes on two fresh inputs (and is reported as a warning).
+        # counts unless the comparison passes on two fresh inputs (and is reported as a warning). Forward-only
+        # comparisons (eval, the first training forward) are never repeated. (The fresh inputs follow from the
+        # test's fixed seed: the same three inputs on every run.)
     gc.collect()  # the first run's models, held in reference cycles through its frames
     warnings.warn(f"{arch}: float32 comparison failed on the first input, checking two fresh inputs: {first}")
     fmt = torch.channels_last if fast_input is not None and fast_input.is_contiguous(
@@ -62,14 +66,27 @@ def compare_with_torchvision(arch, x, steps=2, num_classes=10, fast_input=None, 
     return result
 
 
+class _Firm(Exception):
+    """A float32 mismatch the repeat on fresh inputs does not apply to."""
+
+
 def _float32_steps(arch, x, fast_x, target, steps, num_classes, kwargs):
     tv, fast, ref = model_triplet(arch, num_classes=num_classes, **kwargs)
     with torch.no_grad():  # eval mode before any training, on the initial running statistics
         tv.eval(), fast.eval(), ref.eval()
-        assert_close_to_ref("eval.initial", fast(fast_x), tv(x), ref(x.double()), norm="l2")
+        try:
+            assert_close_to_ref("eval.initial", fast(fast_x), tv(x), ref(x.double()), norm="l2")
+        except AssertionError as e:
+            raise _Firm(str(e)) from None
     r_ref = record_steps(ref, x.double(), target, steps)
     r_tv = record_steps(tv, x, target, steps)
     r_fast = record_steps(fast, fast_x, target, steps)
+    # The first forward (output, loss) depends on no gradient: a flip there moves a value by rounding only.
+    first = [k for k in r_ref if k in ("step0.out", "step0.loss")]
+    try:
+        assert_steps_close(arch, *({k: r[k] for k in first} for r in (r_fast, r_tv, r_ref)))
+    except AssertionError as e:
+        raise _Firm(str(e)) from None
     assert_steps_close(arch, r_fast, r_tv, r_ref)
     return fast, tv
 
