@@ -28,16 +28,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..ops import plain_eager
+
 GEMM_MAX_ROWS = 2048    # 1x1: M = N*Ho*Wo at or below which the GEMM is the faster conv (see above)
 WGRAD_MAX_ROWS = 512    # k x k: M at or below which the im2col GEMM is the faster weight gradient
 
 
 def _enabled() -> bool:
     return os.environ.get("RESNET_FAST_CPU_GEMM_CONV", "1") != "0"
-
-
-def _plain_eager(x: Tensor) -> bool:
-    return type(x) is Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
 
 
 def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
@@ -51,7 +49,7 @@ def plan(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int
     if not (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and weight.dtype == x.dtype
             and x.dim() == 4 and weight.dim() == 4 and groups == 1 and weight.shape[1] == x.shape[1]
             and x.shape[1] > 0 and weight.shape[0] > 0 and type(weight) in (Tensor, torch.nn.Parameter)
-            and x.is_contiguous(memory_format=torch.channels_last) and _enabled() and _plain_eager(x)
+            and x.is_contiguous(memory_format=torch.channels_last) and _enabled() and plain_eager(x)
             and not torch.is_autocast_enabled("cpu")):  # (under autocast aten's conv casts; torch.mm would too)
         return None
     ho = _out_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])

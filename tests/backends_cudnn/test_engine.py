@@ -39,12 +39,16 @@ def test_forward_and_backward_match_reference_float64(shape, prologue):
     torch.testing.assert_close(mean, rmean, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(var, rvar, rtol=1e-8, atol=1e-10)  # E[y^2] - E[y]^2: see engine.py
     assert y.is_contiguous(memory_format=CL)
-    gy, gm, gv = torch.randn_like(ry), torch.randn_like(rmean), torch.randn_like(rvar)
-    mask = [True, prologue, prologue, prologue, True]
+    _check_backward(x, m, sc, b, wt, ry, rmean, stride, padding, dil, [True, prologue, prologue, prologue, True])
+
+
+def _check_backward(x, m, sc, b, wt, y, mean, stride, padding, dil, mask):
+    """The engine's backward (TorchExecutor) against the reference's, float64, for random output gradients."""
+    gy, gm, gv = torch.randn_like(y), torch.randn_like(mean), torch.randn_like(mean)
     with engine.use_executor(TorchExecutor()):
-        got = engine.conv_bn_stats_backward(P, gy, gm, gv, x, m, sc, b, True, wt, ry, rmean, stride, padding, dil, 1,
+        got = engine.conv_bn_stats_backward(P, gy, gm, gv, x, m, sc, b, True, wt, y, mean, stride, padding, dil, 1,
                                             mask)
-    want = ref.conv_bn_stats_backward(gy, gm, gv, x, m, sc, b, True, wt, ry, rmean, stride, padding, dil, 1, mask)
+    want = ref.conv_bn_stats_backward(gy, gm, gv, x, m, sc, b, True, wt, y, mean, stride, padding, dil, 1, mask)
     for name, g, w in zip(("dx", "d_in_mean", "d_in_scale", "d_in_bias", "dW"), got, want):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9, msg=lambda s: f"{name}: {s}")
 
@@ -53,14 +57,7 @@ def test_backward_without_a_prologue_mean_matches_reference_float64():
     """in_mean None (a prologue of scale and bias only): the dgrad_dbn graph centres x at 0."""
     x, (_, sc, b), wt, stride, padding, dil = _inputs(SHAPES[1], torch.float64, True)
     y, mean, _ = ref.conv_bn_stats(x, None, sc, b, True, wt, stride, padding, dil, 1)
-    gy, gm, gv = torch.randn_like(y), torch.randn_like(mean), torch.randn_like(mean)
-    mask = [True, False, True, True, True]
-    with engine.use_executor(TorchExecutor()):
-        got = engine.conv_bn_stats_backward(P, gy, gm, gv, x, None, sc, b, True, wt, y, mean, stride, padding, dil, 1,
-                                            mask)
-    want = ref.conv_bn_stats_backward(gy, gm, gv, x, None, sc, b, True, wt, y, mean, stride, padding, dil, 1, mask)
-    for name, g, w in zip(("dx", "d_in_mean", "d_in_scale", "d_in_bias", "dW"), got, want):
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9, msg=lambda s: f"{name}: {s}")
+    _check_backward(x, None, sc, b, wt, y, mean, stride, padding, dil, [True, False, True, True, True])
 
 
 def test_float16_forward_close_to_reference():

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import torchvision
 
 import resnet_fast
+from resnet_fast.conventions import memory_format_of
 from helpers import BUILDERS, assert_close_to_ref, assert_float64_exact, assert_steps_close, model_triplet, record_steps
 
 
@@ -57,8 +58,7 @@ def compare_with_torchvision(arch, x, steps=2, num_classes=10, fast_input=None, 
         # test's fixed seed: the same three inputs on every run.)
     gc.collect()  # the first run's models, held in reference cycles through its frames
     warnings.warn(f"{arch}: float32 comparison failed on the first input, checking two fresh inputs: {first}")
-    fmt = torch.channels_last if fast_input is not None and fast_input.is_contiguous(
-        memory_format=torch.channels_last) and not fast_input.is_contiguous() else torch.contiguous_format
+    fmt = memory_format_of(fast_input) if fast_input is not None else torch.contiguous_format
     for _ in range(2):
         x = torch.randn_like(x)
         target = torch.randint(0, num_classes, (x.shape[0],))
